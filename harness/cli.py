@@ -1,0 +1,145 @@
+"""`harness` command line: run, report, ls.
+
+Exit codes: 0 success, 1 a run failed, 2 bad input or usage (one line on stderr, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from harness.errors import UserError
+
+DEFAULT_DB = Path("results/harness.duckdb")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's own exit code is 2 as well; keep its usage line short
+        self.print_usage(sys.stderr)
+        print(f"harness: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="harness", description="Evaluation-centric fine-tuning experiments.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    r = sub.add_parser("run", help="train and evaluate every variant of an experiment file")
+    r.add_argument("experiment", type=Path, help="experiment file (YAML)")
+    r.add_argument("--db", type=Path, default=DEFAULT_DB, help=f"results file (default {DEFAULT_DB})")
+    r.add_argument("--artifacts", type=Path, default=None,
+                   help="where trained models go (default: 'artifacts' beside the results file)")
+    r.add_argument("--report", type=Path, default=None, help="report path (default reports/EXPERIMENT.html)")
+    r.add_argument("--only", action="append", metavar="VARIANT", help="run only this variant (repeatable)")
+    r.add_argument("--force", action="store_true", help="re-run variants even if already finished")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    rep = sub.add_parser("report", help="write the HTML report from a results file")
+    rep.add_argument("--db", type=Path, default=DEFAULT_DB)
+    rep.add_argument("--experiment", default=None, help="only this experiment (default: all in the file)")
+    rep.add_argument("--out", type=Path, default=None, help="report path (default reports/NAME.html)")
+
+    ls = sub.add_parser("ls", help="list the runs in a results file")
+    ls.add_argument("--db", type=Path, default=DEFAULT_DB)
+    ls.add_argument("--experiment", default=None)
+    return p
+
+
+def _quiet_libraries() -> None:
+    """Library chatter (deprecation notes, hub hints) would bury the harness's own progress lines."""
+    import logging
+    import warnings
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no code path reaches a model hub
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    from datasets.utils import logging as ds_logging
+
+    ds_logging.set_verbosity_error()
+    ds_logging.disable_progress_bar()
+
+
+def cmd_run(args) -> int:
+    from harness.config import load_config
+
+    cfg = load_config(args.experiment)  # validation first: a typo costs nothing
+    t0 = time.perf_counter()
+    _quiet_libraries()
+    from harness.report import write_report
+    from harness.run import run_experiment
+
+    artifacts = args.artifacts or args.db.parent / "artifacts"
+    outcomes = run_experiment(cfg, args.db, artifacts, force=args.force, only=args.only, progress=not args.quiet,
+                              log=lambda s: print(s, flush=True))
+    report = args.report or Path("reports") / f"{cfg.experiment.name}.html"
+    if any(o.status in ("finished", "skipped") for o in outcomes):
+        write_report(args.db, report, cfg.experiment.name)
+    failed = [o for o in outcomes if o.status == "failed"]
+    done = len(outcomes) - len(failed)
+    print(f"\n{done} of {len(outcomes)} variants finished in {time.perf_counter() - t0:.0f} s")
+    for o in failed:
+        print(f"  failed: {o.variant}: {o.message}")
+    print(f"results: {args.db}")
+    if done:
+        print(f"report:  {report}")
+    return 1 if failed else 0
+
+
+def cmd_report(args) -> int:
+    from harness.report import write_report
+
+    name = args.experiment or "report"
+    out = args.out or Path("reports") / f"{name}.html"
+    write_report(args.db, out, args.experiment)
+    print(f"report: {out}")
+    return 0
+
+
+def cmd_ls(args) -> int:
+    from harness import store
+
+    with store.reader(args.db) as con:
+        rows = store.query(con, """
+            SELECT r.experiment, r.variant, r.method, r.status, r.run_id, r.finished_at,
+                   r.train_wall_s, m.suite, m.value, m.ci_low, m.ci_high
+            FROM runs r LEFT JOIN metrics m ON m.run_id = r.run_id AND m.metric = 'score'
+            WHERE ? IS NULL OR r.experiment = ?
+            ORDER BY r.experiment, r.started_at, m.suite""", [args.experiment, args.experiment])
+    if not rows:
+        print("no runs")
+        return 0
+    header = ("experiment", "variant", "method", "status", "suite", "score [95% CI]", "train s", "finished", "run_id")
+    table = []
+    for r in rows:
+        score = "–" if r["value"] is None else f"{r['value']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+        train = "–" if r["train_wall_s"] is None else f"{r['train_wall_s']:.0f}"
+        finished = "" if r["finished_at"] is None else r["finished_at"].strftime("%Y-%m-%d %H:%M")
+        table.append((r["experiment"], r["variant"], r["method"], r["status"], r["suite"] or "–", score, train,
+                      finished, r["run_id"]))
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *table)]
+    for row in [header, *table]:
+        print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return {"run": cmd_run, "report": cmd_report, "ls": cmd_ls}[args.command](args)
+    except UserError as e:
+        print(f"harness: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("harness: interrupted; finished variants are in the results file", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

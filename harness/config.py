@@ -1,0 +1,314 @@
+"""Experiment file → validated, typed config with variants expanded and content-hashed.
+
+The experiment file is small and explicit: the base model, the data, the evaluation sets with their
+rubrics, generation settings, `defaults` shared by every variant and `variants` that override them.
+Every mistake becomes one `UserError` line naming the file, the field and the expected form.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+import os
+from enum import Enum
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from harness.errors import UserError
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class Method(str, Enum):
+    none = "none"  # the untouched base model
+    prompt = "prompt"  # system prompt and/or few-shot examples, no training
+    sft = "sft"  # full fine-tune
+    lora = "lora"
+    qlora = "qlora"  # LoRA on a 4-bit nf4 base (double quantisation)
+    dpo = "dpo"  # LoRA DPO on preference pairs
+
+    @property
+    def trains(self) -> bool:
+        return self not in (Method.none, Method.prompt)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LoraSettings(Strict):
+    r: int = Field(16, gt=0)
+    alpha: int = Field(32, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+
+class TrainSettings(Strict):
+    max_steps: int = Field(30, gt=0)
+    batch_size: int = Field(8, gt=0)
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    # None: a default per method (full fine-tuning wants a smaller rate than an adapter).
+    learning_rate: float | None = Field(None, gt=0)
+    max_length: int = Field(256, gt=8)
+    warmup_steps: int = Field(0, ge=0)
+    beta: float = Field(0.1, gt=0)  # DPO only
+
+
+class PromptSettings(Strict):
+    system: str | None = None
+    few_shot: int = Field(0, ge=0, le=32)  # the first N training examples, as chat turns
+
+
+class Variant(Strict):
+    """One concrete variant after `defaults` and its own overrides were merged."""
+
+    name: str
+    method: Method
+    init_from: str | None = None  # start from another variant's result (e.g. DPO on top of LoRA)
+    data: str | None = None  # training data for this variant (default: data.train, or data.preference for DPO)
+    prompt: PromptSettings = PromptSettings()
+    lora: LoraSettings = LoraSettings()
+    train: TrainSettings = TrainSettings()
+
+
+class EvalSet(Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    data: str
+    rubric: str
+    # A `task` set is what the variants are tuned for: a prompt variant's system prompt and examples
+    # apply to it. A `general` set measures other skills and is asked plainly of every variant.
+    kind: Literal["task", "general"] = "task"
+    limit: int | None = Field(None, gt=0)
+
+
+class DataSettings(Strict):
+    train: str | None = None
+    preference: str | None = None
+
+
+class GenerationSettings(Strict):
+    max_new_tokens: int = Field(64, gt=0, le=4096)
+    batch_size: int = Field(16, gt=0)
+    do_sample: Literal[False] = False  # greedy: results that cannot be reproduced cannot gate anything
+
+
+class Experiment(Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    model: str
+    seed: int = 0
+    trust_remote_code: bool = False
+    data: DataSettings = DataSettings()
+    eval: list[EvalSet] = Field(min_length=1)
+    generation: GenerationSettings = GenerationSettings()
+    defaults: dict[str, Any] = {}
+    variants: dict[str, dict[str, Any]] = Field(min_length=1)
+
+    @field_validator("variants")
+    @classmethod
+    def _variant_names(cls, v: dict[str, Any]) -> dict[str, Any]:
+        import re
+
+        for name in v:
+            if not re.match(NAME_PATTERN, str(name)):
+                raise ValueError(f"variant name {name!r} should be letters, digits, '_', '.' or '-'")
+        return v
+
+    @model_validator(mode="after")
+    def _unique_eval_names(self) -> "Experiment":
+        names = [e.name for e in self.eval]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"eval set names must be unique, {sorted(dup)[0]!r} appears twice")
+        return self
+
+
+class Config(BaseModel):
+    """What the rest of the pipeline reads: the experiment, its variants in run order, resolved paths."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    path: Path
+    root: Path
+    experiment: Experiment
+    variants: list[Variant]  # parents before children
+
+    def resolve(self, rel: str, field: str) -> Path:
+        return resolve_path(rel, self.root, self.path, field)
+
+
+def project_root(experiment_path: Path) -> Path:
+    """The nearest ancestor holding pyproject.toml or .git; paths in the file are relative to it."""
+    for d in [experiment_path.parent, *experiment_path.parent.parents]:
+        if (d / "pyproject.toml").exists() or (d / ".git").exists():
+            return d
+    return experiment_path.parent
+
+
+def resolve_path(rel: str, root: Path, source: Path, field: str) -> Path:
+    """A path from a config, kept inside the project root or $HARNESS_DATA_ROOT."""
+    p = Path(rel)
+    full = (p if p.is_absolute() else root / p).resolve()
+    allowed = [root.resolve()]
+    if os.environ.get("HARNESS_DATA_ROOT"):
+        allowed.append(Path(os.environ["HARNESS_DATA_ROOT"]).resolve())
+    if not any(full.is_relative_to(a) for a in allowed):
+        raise UserError(
+            f"{source}: field '{field}': path {rel!r} is outside the project root {root} "
+            "(set HARNESS_DATA_ROOT to allow another data directory)"
+        )
+    return full
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _known_fields(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names valid at `loc` inside `model`, to suggest the closest one for a typo."""
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return []
+        ann = field.annotation
+        inner = getattr(ann, "__args__", None)
+        candidates = [ann, *(inner or [])]
+        nxt = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if nxt is None:
+            return []
+        model = nxt
+    return list(model.model_fields)
+
+
+def _format_validation_error(path: Path, err: ValidationError, model: type[BaseModel], prefix: str) -> str:
+    e = err.errors()[0]
+    loc = tuple(e["loc"])
+    where = ".".join(str(p) for p in (prefix.split(".") if prefix else []) + list(loc)) or "(top level)"
+    if e["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(str(loc[-1]), _known_fields(model, loc), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        return f"{path}: field '{where}': unknown key{hint}"
+    if e["type"] == "missing":
+        return f"{path}: field '{where}': required but missing"
+    got = e.get("input")
+    got_txt = f" (got {json.dumps(got, default=str)[:60]})" if not isinstance(got, dict) else ""
+    return f"{path}: field '{where}': {e['msg'][0].lower()}{e['msg'][1:]}{got_txt}"
+
+
+def _order_variants(path: Path, variants: dict[str, Variant]) -> list[Variant]:
+    """Parents before children; unknown parents and cycles are errors."""
+    ordered: list[Variant] = []
+    state: dict[str, str] = {}
+
+    def visit(name: str, chain: list[str]) -> None:
+        if state.get(name) == "done":
+            return
+        if state.get(name) == "visiting":
+            raise UserError(f"{path}: field 'variants.{name}.init_from': cycle {' -> '.join(chain + [name])}")
+        state[name] = "visiting"
+        parent = variants[name].init_from
+        if parent is not None:
+            if parent not in variants:
+                close = difflib.get_close_matches(parent, list(variants), n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                raise UserError(
+                    f"{path}: field 'variants.{name}.init_from': expected the name of another variant, "
+                    f"got {parent!r}{hint}"
+                )
+            visit(parent, chain + [name])
+        state[name] = "done"
+        ordered.append(variants[name])
+
+    for name in variants:
+        visit(name, [])
+    return ordered
+
+
+def _check_variant(path: Path, exp: Experiment, v: Variant) -> None:
+    where = f"{path}: field 'variants.{v.name}"
+    if v.method in (Method.none, Method.prompt) and v.init_from is not None:
+        raise UserError(f"{where}.init_from': method '{v.method.value}' does not train, so it cannot start from another variant")
+    if v.method != Method.prompt and (v.prompt.system or v.prompt.few_shot):
+        raise UserError(f"{where}.prompt': only method 'prompt' takes a system prompt or few-shot examples")
+    if v.method == Method.prompt and v.prompt.few_shot and not exp.data.train:
+        raise UserError(f"{where}.prompt.few_shot': few-shot examples come from 'data.train', which is not set")
+    if v.method.trains and not v.data:
+        needed = "preference" if v.method == Method.dpo else "train"
+        if getattr(exp.data, needed) is None:
+            raise UserError(f"{where}.data': method '{v.method.value}' needs training data: set 'data.{needed}' or the variant's 'data'")
+
+
+def load_config(path: str | os.PathLike) -> Config:
+    """Read, validate and expand an experiment file. Raises UserError on any mistake."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: experiment file not found")
+    if not path.is_file():
+        raise UserError(f"{path}: expected an experiment file (YAML), got a directory")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: expected UTF-8 text") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UserError(f"{path}: {where}invalid YAML: {problem}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a mapping of experiment fields at the top level, got {type(raw).__name__}")
+    try:
+        exp = Experiment.model_validate(raw)
+    except ValidationError as e:
+        raise UserError(_format_validation_error(path, e, Experiment, "")) from None
+
+    variants: dict[str, Variant] = {}
+    for name, overrides in exp.variants.items():
+        if not isinstance(overrides, dict):
+            raise UserError(f"{path}: field 'variants.{name}': expected a mapping of variant fields")
+        merged = _deep_merge(exp.defaults, overrides or {})
+        if "name" in merged:
+            raise UserError(f"{path}: field 'variants.{name}.name': unknown key (the variant's name is its key)")
+        try:
+            variants[name] = Variant.model_validate({"name": name, **merged})
+        except ValidationError as e:
+            raise UserError(_format_validation_error(path, e, Variant, f"variants.{name}")) from None
+    for v in variants.values():
+        _check_variant(path, exp, v)
+    for v in variants.values():
+        parent = variants.get(v.init_from) if v.init_from else None
+        if parent and (parent.method == Method.qlora or (v.method == Method.qlora and parent.method in (Method.lora, Method.dpo))):
+            raise UserError(
+                f"{path}: field 'variants.{v.name}.init_from': a 4-bit (qlora) model and a LoRA adapter cannot be "
+                f"chained ({parent.name} is {parent.method.value}); start from a variant with full weights"
+            )
+    root = project_root(path.resolve())
+    cfg = Config(path=path, root=root, experiment=exp, variants=_order_variants(path, variants))
+    # Resolve every path now so that a path outside the root fails before anything runs.
+    for field, rel in [("data.train", exp.data.train), ("data.preference", exp.data.preference)]:
+        if rel:
+            cfg.resolve(rel, field)
+    for i, e in enumerate(exp.eval):
+        cfg.resolve(e.data, f"eval.{i}.data")
+        cfg.resolve(e.rubric, f"eval.{i}.rubric")
+    for v in cfg.variants:
+        if v.data:
+            cfg.resolve(v.data, f"variants.{v.name}.data")
+    return cfg
+
+
+def content_hash(obj: Any) -> str:
+    """sha256 of the canonical JSON form of `obj`."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str, ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()

@@ -1,0 +1,136 @@
+"""Load JSONL data in TRL's formats, normalise it to chat messages and give every example a stable id.
+
+Accepted rows (one JSON object per line):
+- prompt/completion: `{"prompt": "...", "completion": "..."}` (strings, or lists of chat messages)
+- messages: `{"messages": [{"role": ..., "content": ...}, ...]}`, the last message from the assistant
+- preference: `{"prompt": ..., "chosen": ..., "rejected": ...}`
+
+Every other field of a row is kept (`fields`): rubrics may read it and reports may slice by it.
+The id of an example is the hash of its row, so it is the same on every machine and every run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from harness.errors import UserError
+
+Kind = Literal["sft", "preference", "eval"]
+Messages = list[dict[str, str]]
+ROLES = {"system", "user", "assistant"}
+
+
+@dataclass(frozen=True)
+class Example:
+    id: str
+    prompt: Messages  # chat messages up to (not including) the answer
+    completion: Messages | None = None  # the reference answer, as assistant message(s)
+    chosen: Messages | None = None
+    rejected: Messages | None = None
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def reference(self) -> str | None:
+        return _last_content(self.completion) if self.completion else None
+
+    def prompt_text(self) -> str:
+        return "\n".join(m["content"] for m in self.prompt)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    path: Path
+    kind: Kind
+    examples: list[Example]
+    sha256: str  # hash of the file's bytes: part of every variant's content hash
+
+
+def _last_content(messages: Messages) -> str:
+    return messages[-1]["content"]
+
+
+def _messages(value: Any, role: str, where: str) -> Messages:
+    """A string becomes one message with `role`; a list must already be chat messages."""
+    if isinstance(value, str):
+        return [{"role": role, "content": value}]
+    if isinstance(value, list) and value:
+        for i, m in enumerate(value):
+            if not (isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str)):
+                raise ValueError(
+                    f"field '{where}[{i}]': expected a message {{\"role\": system|user|assistant, \"content\": string}}"
+                )
+        return [{"role": m["role"], "content": m["content"]} for m in value]
+    raise ValueError(f"field '{where}': expected a string or a non-empty list of chat messages")
+
+
+def parse_row(row: Any, kind: Kind) -> Example:
+    if not isinstance(row, dict):
+        raise ValueError(f"expected a JSON object, got {type(row).__name__}")
+    row_id = hashlib.sha256(json.dumps(row, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
+    if kind == "preference":
+        missing = [k for k in ("prompt", "chosen", "rejected") if k not in row]
+        if missing:
+            raise ValueError(f"field '{missing[0]}': required for preference data (prompt, chosen, rejected)")
+        rest = {k: v for k, v in row.items() if k not in ("prompt", "chosen", "rejected")}
+        return Example(
+            id=row_id,
+            prompt=_messages(row["prompt"], "user", "prompt"),
+            chosen=_messages(row["chosen"], "assistant", "chosen"),
+            rejected=_messages(row["rejected"], "assistant", "rejected"),
+            fields=rest,
+        )
+    if "messages" in row:
+        msgs = _messages(row["messages"], "user", "messages")
+        rest = {k: v for k, v in row.items() if k != "messages"}
+        if msgs[-1]["role"] != "assistant":
+            if kind == "sft":
+                raise ValueError("field 'messages': the last message must be the assistant's answer")
+            return Example(id=row_id, prompt=msgs, fields=rest)
+        return Example(id=row_id, prompt=msgs[:-1], completion=msgs[-1:], fields=rest)
+    if "prompt" not in row:
+        raise ValueError("field 'prompt': required (or 'messages')")
+    if kind == "sft" and "completion" not in row:
+        raise ValueError("field 'completion': required for training data")
+    rest = {k: v for k, v in row.items() if k not in ("prompt", "completion")}
+    completion = _messages(row["completion"], "assistant", "completion") if "completion" in row else None
+    return Example(id=row_id, prompt=_messages(row["prompt"], "user", "prompt"), completion=completion, fields=rest)
+
+
+def load_jsonl(path: Path, kind: Kind, limit: int | None = None) -> Dataset:
+    """Read and validate a whole file; any bad line is a UserError naming the file and line."""
+    if not path.exists():
+        raise UserError(f"{path}: data file not found")
+    if not path.is_file():
+        raise UserError(f"{path}: expected a JSONL file, got a directory")
+    blob = path.read_bytes()
+    try:
+        text = blob.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = blob[: e.start].count(b"\n") + 1
+        raise UserError(f"{path}:{line}: expected UTF-8 text") from None
+    examples: list[Example] = []
+    seen: set[str] = set()
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{lineno}: expected one JSON object per line ({e.msg})") from None
+        try:
+            ex = parse_row(row, kind)
+        except ValueError as e:
+            raise UserError(f"{path}:{lineno}: {e}") from None
+        if kind == "eval" and ex.id in seen:  # an identical row twice would give two samples one id
+            continue
+        seen.add(ex.id)
+        examples.append(ex)
+    if not examples:
+        raise UserError(f"{path}: expected at least one example, the file is empty")
+    if limit is not None:
+        examples = examples[:limit]
+    return Dataset(path=path, kind=kind, examples=examples, sha256=hashlib.sha256(blob).hexdigest())

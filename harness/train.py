@@ -1,0 +1,219 @@
+"""Train one variant with TRL: full SFT, LoRA and QLoRA through `SFTTrainer`, DPO through `DPOTrainer`.
+
+Each method is one readable function over the same few steps: load the starting model, build the
+TRL config from the variant's settings and the device policy, train, save the artifact. The loss is
+on completions only (TRL's default for prompt/completion data). What the caller gets back is plain
+data: how to rebuild the trained model (`ModelSpec`) and what training cost.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.config import Method, Variant
+from harness.data import Dataset
+from harness.models import DevicePolicy, ModelSpec, load_base, load_model, load_tokenizer
+
+DEFAULT_LR = {Method.sft: 1e-4, Method.lora: 3e-4, Method.qlora: 3e-4, Method.dpo: 1e-4}
+
+
+@dataclass
+class TrainResult:
+    model: ModelSpec
+    loss_curve: list[dict]  # one entry per logged step: step, loss, learning_rate, ...
+    wall_s: float
+    peak_mem_mb: float
+    trainable_params: int
+    total_params: int
+    tokens: int  # non-padding tokens seen by the model during training
+    steps: int
+
+
+class PeakMemory:
+    """Peak memory while training: CUDA's allocator counter, or the process RSS sampled on the CPU
+    (getrusage's maximum would never go down between variants)."""
+
+    def __init__(self, device: str):
+        self.device, self.peak, self._stop = device, 0, threading.Event()
+
+    def __enter__(self):
+        import psutil
+        import torch
+
+        if self.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            return self
+        proc = psutil.Process()
+
+        def sample():
+            while not self._stop.wait(0.2):
+                self.peak = max(self.peak, proc.memory_info().rss)
+
+        self.peak = proc.memory_info().rss
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        import torch
+
+        if self.device == "cuda":
+            self.peak = torch.cuda.max_memory_allocated()
+        else:
+            self._stop.set()
+            self._thread.join()
+        return False
+
+    @property
+    def mb(self) -> float:
+        return self.peak / 2**20
+
+
+def _lora_config(variant: Variant):
+    from peft import LoraConfig
+
+    s = variant.lora
+    return LoraConfig(
+        r=s.r, lora_alpha=s.alpha, lora_dropout=s.dropout, target_modules=s.target_modules,
+        task_type="CAUSAL_LM",
+    )
+
+
+def _common_args(variant: Variant, out_dir: Path, policy: DevicePolicy, seed: int, progress: bool) -> dict:
+    t = variant.train
+    return dict(
+        output_dir=str(out_dir / "checkpoints"),
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate or DEFAULT_LR[variant.method],
+        warmup_steps=t.warmup_steps,
+        max_length=t.max_length,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        seed=seed,
+        # TRL defaults to bf16 and gradient checkpointing; both follow the device policy instead.
+        bf16=policy.bf16,
+        fp16=False,
+        gradient_checkpointing=policy.gradient_checkpointing,
+        use_cpu=policy.device == "cpu",
+        dataloader_num_workers=0,
+        include_num_input_tokens_seen="non_padding",
+        disable_tqdm=not progress,
+    )
+
+
+def _hf_dataset(data: Dataset):
+    from datasets import Dataset as HFDataset
+
+    if data.kind == "preference":
+        rows = [{"prompt": e.prompt, "chosen": e.chosen, "rejected": e.rejected} for e in data.examples]
+    else:
+        rows = [{"prompt": e.prompt, "completion": e.completion} for e in data.examples]
+    return HFDataset.from_list(rows)
+
+
+def _run(trainer, policy: DevicePolicy, spec: ModelSpec, t0: float, mem: PeakMemory) -> TrainResult:
+    model = trainer.model
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    with mem:
+        trainer.train()
+    curve = [
+        {k: v for k, v in entry.items() if isinstance(v, (int, float))}
+        for entry in trainer.state.log_history
+        if "loss" in entry
+    ]
+    return TrainResult(
+        model=spec,
+        loss_curve=curve,
+        wall_s=time.perf_counter() - t0,
+        peak_mem_mb=mem.mb,
+        trainable_params=trainable,
+        total_params=total,
+        tokens=int(trainer.state.num_input_tokens_seen or 0),
+        steps=int(trainer.state.global_step),
+    )
+
+
+def _keep_adapter_fp32_on_cpu(model, policy: DevicePolicy) -> None:
+    """TRL casts QLoRA adapter weights to bf16 (the paper's recipe on a GPU). On a CPU without
+    native bf16 that is the slow path, so the trainable weights go back to float32."""
+    if policy.device == "cpu":
+        for p in model.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
+
+
+def train_variant(
+    variant: Variant,
+    start: ModelSpec,
+    data: Dataset,
+    out_dir: Path,
+    policy: DevicePolicy,
+    seed: int,
+    trust_remote_code: bool = False,
+    progress: bool = True,
+) -> TrainResult:
+    """Train `variant` starting from `start` (the base model, or its parent variant's result)."""
+    from transformers import set_seed
+    from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    set_seed(seed)  # adapters are initialised before the trainer seeds itself
+    t0 = time.perf_counter()
+    mem = PeakMemory(policy.device)
+    tokenizer = load_tokenizer(start.path, trust_remote_code)
+    dataset = _hf_dataset(data)
+    args = _common_args(variant, out_dir, policy, seed, progress)
+    method = variant.method
+
+    if method == Method.dpo:
+        model = load_model(start, policy, trust_remote_code)
+        model.train()
+        config = DPOConfig(**args, beta=variant.train.beta)
+        # With a PEFT model and no ref_model, TRL uses the model with its adapter disabled as the
+        # reference: exactly the starting point.
+        trainer = DPOTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
+                             peft_config=_lora_config(variant))
+        adapter = out_dir / "adapter"
+        result = _run(trainer, policy, ModelSpec(start.path, (*start.adapters, str(adapter))), t0, mem)
+        trainer.model.save_pretrained(adapter)
+        return result
+
+    config = SFTConfig(**args)
+    if method == Method.sft:
+        model = load_model(start, policy, trust_remote_code)
+        model.train()
+        trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
+        weights = out_dir / "model"
+        result = _run(trainer, policy, ModelSpec(str(weights)), t0, mem)
+        trainer.model.save_pretrained(weights, safe_serialization=True)
+        tokenizer.save_pretrained(weights)
+        return result
+
+    if method == Method.qlora:
+        from peft import prepare_model_for_kbit_training
+
+        # The config forbids a qlora variant starting from one with adapters: merging into 4-bit
+        # weights would quantise the parent's update away.
+        model = load_base(start.path, policy, load_in_4bit=True, trust_remote_code=trust_remote_code)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=policy.gradient_checkpointing)
+    elif method == Method.lora:
+        model = load_model(start, policy, trust_remote_code)
+        model.train()
+    else:
+        raise ValueError(f"method {method.value!r} does not train")
+    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
+                         peft_config=_lora_config(variant))
+    if method == Method.qlora:
+        _keep_adapter_fp32_on_cpu(trainer.model, policy)
+    adapter = out_dir / "adapter"
+    spec = ModelSpec(start.path, (*start.adapters, str(adapter)), load_in_4bit=method == Method.qlora)
+    result = _run(trainer, policy, spec, t0, mem)
+    trainer.model.save_pretrained(adapter)
+    return result
