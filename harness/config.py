@@ -273,6 +273,11 @@ def load_config(path: str | os.PathLike) -> Config:
     except ValidationError as e:
         raise UserError(_format_validation_error(path, e, Experiment, "")) from None
 
+    # Defaults on their own first, so that a mistake there is reported where it was written.
+    try:
+        Variant.model_validate({"method": "none", **exp.defaults, "name": "defaults"})
+    except ValidationError as e:
+        raise UserError(_format_validation_error(path, e, Variant, "defaults")) from None
     variants: dict[str, Variant] = {}
     for name, overrides in exp.variants.items():
         if not isinstance(overrides, dict):

@@ -1,0 +1,39 @@
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+# Test artefacts (reports, screenshots) a person can open after a run.
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Models built by tests go to a fresh cache, never the user's."""
+    cache = tmp_path_factory.mktemp("harness-cache")
+    old = os.environ.get("HARNESS_CACHE")
+    os.environ["HARNESS_CACHE"] = str(cache)
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    yield cache
+    if old is None:
+        os.environ.pop("HARNESS_CACHE", None)
+    else:
+        os.environ["HARNESS_CACHE"] = old
+
+
+@pytest.fixture
+def project(tmp_path):
+    """A throwaway project root holding copies of the demo data and rubrics."""
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    shutil.copytree(ROOT / "experiments" / "data", tmp_path / "experiments" / "data")
+    shutil.copytree(ROOT / "rubrics", tmp_path / "rubrics")
+    return tmp_path
+
+
+@pytest.fixture
+def artifacts_dir():
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS

@@ -1,0 +1,142 @@
+"""End to end on the tiny random model: every method trains with TRL, is evaluated, stored and reported.
+
+One run of experiments/smoke.yaml (six variants) is shared by the tests of this module; each test
+reads what that run left behind, as a user would: the CLI's exit code and output, the DuckDB file
+and the HTML report.
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from harness.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    root = tmp_path_factory.mktemp("smoke")
+    (root / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    shutil.copytree(ROOT / "experiments", root / "experiments")
+    shutil.copytree(ROOT / "rubrics", root / "rubrics")
+    db = root / "results" / "smoke.duckdb"
+    report = root / "reports" / "smoke.html"
+    code = main(["run", str(root / "experiments" / "smoke.yaml"), "--db", str(db), "--report", str(report), "--quiet"])
+    return {"root": root, "db": db, "report": report, "code": code}
+
+
+def rows(db, sql, params=()):
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return con.execute(sql, list(params)).fetchall()
+    finally:
+        con.close()
+
+
+def test_every_method_finishes(smoke):
+    assert smoke["code"] == 0
+    got = dict(rows(smoke["db"], "SELECT variant, method FROM runs WHERE status = 'finished'"))
+    assert got == {"base": "none", "prompt": "prompt", "sft": "sft", "lora": "lora", "qlora": "qlora", "dpo": "dpo"}
+
+
+def test_training_is_recorded(smoke):
+    runs = {r[0]: r[1:] for r in rows(smoke["db"], """
+        SELECT variant, train_steps, trainable_params, total_params, train_tokens, peak_mem_mb, train_wall_s, dtype
+        FROM runs""")}
+    for name in ("sft", "lora", "qlora", "dpo"):
+        steps, trainable, total, tokens, mem, wall, dtype = runs[name]
+        assert steps == 2 and tokens > 0 and mem > 0 and wall > 0
+        assert dtype == "float32"  # CPU policy
+    assert runs["sft"][1] == runs["sft"][2]  # full fine-tune trains everything
+    assert 0 < runs["lora"][1] < runs["lora"][2] / 2
+    assert runs["base"][0] is None  # nothing trained
+    losses = rows(smoke["db"], "SELECT count(*), count(loss) FROM train_log t JOIN runs r USING (run_id) WHERE variant = 'lora'")
+    assert losses == [(2, 2)]
+
+
+def test_dpo_starts_from_lora(smoke):
+    (parent, artifact), = rows(smoke["db"], "SELECT parent_run_id, artifact_json FROM runs WHERE variant = 'dpo'")
+    (lora_id, lora_artifact), = rows(smoke["db"], "SELECT run_id, artifact_json FROM runs WHERE variant = 'lora'")
+    assert parent == lora_id
+    dpo_adapters = json.loads(artifact)["adapters"]
+    assert dpo_adapters[0] == json.loads(lora_artifact)["adapters"][0] and len(dpo_adapters) == 2
+    assert json.loads(
+        rows(smoke["db"], "SELECT artifact_json FROM runs WHERE variant = 'qlora'")[0][0])["load_in_4bit"] is True
+
+
+def test_one_row_per_sample_and_criterion(smoke):
+    (n_outputs,), = rows(smoke["db"], "SELECT count(*) FROM outputs o JOIN runs r USING (run_id) WHERE variant = 'lora' AND suite = 'tickets'")
+    (n_samples,), = rows(smoke["db"], "SELECT count(*) FROM samples s JOIN runs r USING (run_id) WHERE variant = 'lora' AND suite = 'tickets'")
+    assert n_outputs == 12 and n_samples == 12 * 5
+    metrics = rows(smoke["db"], """
+        SELECT metric, value, ci_low, ci_high, n FROM metrics m JOIN runs r USING (run_id)
+        WHERE variant = 'base' AND suite = 'tickets' ORDER BY metric""")
+    names = [m[0] for m in metrics]
+    assert "score" in names and "pass_rate" in names and "criterion:valid_json" in names
+    for _, value, lo, hi, n in metrics:
+        assert n == 12 and lo <= value <= hi
+
+
+def test_prompt_variant_uses_its_prompt_only_on_the_task(smoke):
+    # The same random model answers differently when the system prompt and a few-shot turn come first.
+    outs = dict(rows(smoke["db"], """
+        SELECT variant || '/' || suite, list(output ORDER BY sample_id) FROM outputs JOIN runs USING (run_id)
+        WHERE variant IN ('base', 'prompt') GROUP BY ALL"""))
+    assert outs["base/general"] == outs["prompt/general"]
+    assert outs["base/tickets"] != outs["prompt/tickets"]
+
+
+def test_second_run_skips_and_force_reruns(smoke, capsys):
+    args = ["run", str(smoke["root"] / "experiments" / "smoke.yaml"), "--db", str(smoke["db"]),
+            "--report", str(smoke["report"]), "--quiet"]
+    assert main(args + ["--only", "base", "--only", "lora"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("already finished") == 2
+    assert rows(smoke["db"], "SELECT count(*) FROM runs")[0][0] == 6
+
+    assert main(args + ["--only", "base", "--force"]) == 0
+    assert rows(smoke["db"], "SELECT count(*) FROM runs WHERE variant = 'base'")[0][0] == 2
+
+
+def test_report_and_ls(smoke, capsys):
+    html = smoke["report"].read_text()
+    for name in ("base", "prompt", "sft", "lora", "qlora", "dpo"):
+        assert f"<td>{name}</td>" in html or f"<td class='best'>{name}</td>" in html
+    assert "<script" not in html  # the report runs no code at all
+    assert main(["ls", "--db", str(smoke["db"])]) == 0
+    listing = capsys.readouterr().out
+    assert "qlora" in listing and "finished" in listing
+
+
+def test_report_escapes_model_output(smoke, tmp_path):
+    db = tmp_path / "copy.duckdb"
+    shutil.copy(smoke["db"], db)
+    con = duckdb.connect(str(db))
+    con.execute("UPDATE outputs SET output = '<script>alert(1)</script><img src=x onerror=alert(2)>'")
+    con.close()
+    out = tmp_path / "r.html"
+    assert main(["report", "--db", str(db), "--out", str(out)]) == 0
+    html = out.read_text()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;&lt;img src=x onerror=alert(2)&gt;" in html
+    assert "<script" not in html and "<img" not in html
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda t: t.replace("model: builtin:tiny-random", "model: builtin:nope"), "unknown builtin model 'builtin:nope'"),
+    (lambda t: t.replace("model: builtin:tiny-random", "model: no-such-org/no-such-model"), "unknown model reference 'no-such-org/no-such-model'"),
+    (lambda t: t.replace("tickets_test.jsonl", "missing.jsonl"), "missing.jsonl: data file not found"),
+    (lambda t: t.replace("max_steps: 2", "max_steps: two"), "field 'defaults.train.max_steps'"),
+])
+def test_bad_input_exits_2_and_writes_nothing(smoke, tmp_path, capsys, edit, expected):
+    exp = smoke["root"] / "experiments" / "bad.yaml"
+    exp.write_text(edit((smoke["root"] / "experiments" / "smoke.yaml").read_text()))
+    db, report = tmp_path / "r.duckdb", tmp_path / "r.html"
+    code = main(["run", str(exp), "--db", str(db), "--report", str(report), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert expected in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not db.exists() and not report.exists() and not (tmp_path / "artifacts").exists()
