@@ -72,6 +72,29 @@ class PeakMemory:
         return self.peak / 2**20
 
 
+def _progress_callback(desc: str):
+    """One compact bar per training (step, loss), instead of transformers' bar plus a printed dict
+    per logged step."""
+    from tqdm.auto import tqdm
+    from transformers import TrainerCallback
+
+    class Progress(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.bar = tqdm(total=state.max_steps, desc=desc, leave=False, unit="step")
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.bar.update(state.global_step - self.bar.n)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                self.bar.set_postfix(loss=f"{float(logs['loss']):.3f}")
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.bar.close()
+
+    return Progress()
+
+
 def _lora_config(variant: Variant):
     from peft import LoraConfig
 
@@ -82,7 +105,7 @@ def _lora_config(variant: Variant):
     )
 
 
-def _common_args(variant: Variant, out_dir: Path, policy: DevicePolicy, seed: int, progress: bool) -> dict:
+def _common_args(variant: Variant, out_dir: Path, policy: DevicePolicy, seed: int) -> dict:
     t = variant.train
     return dict(
         output_dir=str(out_dir / "checkpoints"),
@@ -103,7 +126,7 @@ def _common_args(variant: Variant, out_dir: Path, policy: DevicePolicy, seed: in
         use_cpu=policy.device == "cpu",
         dataloader_num_workers=0,
         include_num_input_tokens_seen="non_padding",
-        disable_tqdm=not progress,
+        disable_tqdm=True,  # our own bar: see _progress_callback
     )
 
 
@@ -117,7 +140,12 @@ def _hf_dataset(data: Dataset):
     return HFDataset.from_list(rows)
 
 
-def _run(trainer, policy: DevicePolicy, spec: ModelSpec, t0: float, mem: PeakMemory) -> TrainResult:
+def _run(trainer, policy: DevicePolicy, spec: ModelSpec, t0: float, mem: PeakMemory, desc: str | None) -> TrainResult:
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    if desc:
+        trainer.add_callback(_progress_callback(desc))
     model = trainer.model
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
@@ -169,8 +197,9 @@ def train_variant(
     mem = PeakMemory(policy.device)
     tokenizer = load_tokenizer(start.path, trust_remote_code)
     dataset = _hf_dataset(data)
-    args = _common_args(variant, out_dir, policy, seed, progress)
+    args = _common_args(variant, out_dir, policy, seed)
     method = variant.method
+    desc = f"[{variant.name}] train" if progress else None
 
     if method == Method.dpo:
         model = load_model(start, policy, trust_remote_code)
@@ -181,7 +210,7 @@ def train_variant(
         trainer = DPOTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                              peft_config=_lora_config(variant))
         adapter = out_dir / "adapter"
-        result = _run(trainer, policy, ModelSpec(start.path, (*start.adapters, str(adapter))), t0, mem)
+        result = _run(trainer, policy, ModelSpec(start.path, (*start.adapters, str(adapter))), t0, mem, desc)
         trainer.model.save_pretrained(adapter)
         return result
 
@@ -191,7 +220,7 @@ def train_variant(
         model.train()
         trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
         weights = out_dir / "model"
-        result = _run(trainer, policy, ModelSpec(str(weights)), t0, mem)
+        result = _run(trainer, policy, ModelSpec(str(weights)), t0, mem, desc)
         trainer.model.save_pretrained(weights, safe_serialization=True)
         tokenizer.save_pretrained(weights)
         return result
@@ -214,6 +243,6 @@ def train_variant(
         _keep_adapter_fp32_on_cpu(trainer.model, policy)
     adapter = out_dir / "adapter"
     spec = ModelSpec(start.path, (*start.adapters, str(adapter)), load_in_4bit=method == Method.qlora)
-    result = _run(trainer, policy, spec, t0, mem)
+    result = _run(trainer, policy, spec, t0, mem, desc)
     trainer.model.save_pretrained(adapter)
     return result

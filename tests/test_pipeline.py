@@ -140,3 +140,33 @@ def test_bad_input_exits_2_and_writes_nothing(smoke, tmp_path, capsys, edit, exp
     assert code == 2
     assert expected in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not db.exists() and not report.exists() and not (tmp_path / "artifacts").exists()
+
+
+def test_a_failing_variant_is_recorded_and_the_others_finish(smoke, tmp_path, capsys):
+    exp = smoke["root"] / "experiments" / "failing.yaml"
+    exp.write_text((smoke["root"] / "experiments" / "smoke.yaml").read_text().replace(
+        "  lora:\n    method: lora\n", "  lora:\n    method: lora\n    lora: {target_modules: [no_such_module]}\n"))
+    db = tmp_path / "r.duckdb"
+    code = main(["run", str(exp), "--db", str(db), "--report", str(tmp_path / "r.html"), "--quiet",
+                 "--only", "base", "--only", "dpo"])
+    out = capsys.readouterr().out
+    assert code == 1
+    status = dict(rows(db, "SELECT variant, status FROM runs"))
+    assert status == {"base": "finished", "lora": "failed"}  # dpo needs lora: not run, not stored
+    assert "failed: lora" in out and "failed: dpo: its parent 'lora' did not finish" in out
+    (error,), = rows(db, "SELECT error FROM runs WHERE variant = 'lora'")
+    assert "no_such_module" in error
+    assert (tmp_path / "r.html").exists()  # the report shows what finished
+
+
+def test_build_messages_puts_system_and_shots_first():
+    from harness.config import PromptSettings
+    from harness.data import Example
+    from harness.generate import build_messages
+
+    shot = Example(id="a", prompt=[{"role": "user", "content": "Q1"}], completion=[{"role": "assistant", "content": "A1"}])
+    own = [{"role": "system", "content": "old"}, {"role": "user", "content": "Q2"}]
+    got = build_messages(own, PromptSettings(system="S", few_shot=1), [shot])
+    assert got == [{"role": "system", "content": "S"}, {"role": "user", "content": "Q1"},
+                   {"role": "assistant", "content": "A1"}, {"role": "user", "content": "Q2"}]
+    assert build_messages(own, None, []) == own
