@@ -250,13 +250,12 @@ def _check_variant(path: Path, exp: Experiment, v: Variant) -> None:
             raise UserError(f"{where}.data': method '{v.method.value}' needs training data: set 'data.{needed}' or the variant's 'data'")
 
 
-def load_config(path: str | os.PathLike) -> Config:
-    """Read, validate and expand an experiment file. Raises UserError on any mistake."""
-    path = Path(path)
+def read_yaml_mapping(path: Path, what: str, expected: str) -> dict:
+    """A YAML file whose top level is a mapping; every failure is one UserError line."""
     if not path.exists():
-        raise UserError(f"{path}: experiment file not found")
+        raise UserError(f"{path}: {what} not found")
     if not path.is_file():
-        raise UserError(f"{path}: expected an experiment file (YAML), got a directory")
+        raise UserError(f"{path}: expected a {what} (YAML), got a directory")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
@@ -267,17 +266,26 @@ def load_config(path: str | os.PathLike) -> Config:
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise UserError(f"{path}: {where}invalid YAML: {problem}") from None
     if not isinstance(raw, dict):
-        raise UserError(f"{path}: expected a mapping of experiment fields at the top level, got {type(raw).__name__}")
+        raise UserError(f"{path}: expected a mapping of {expected} at the top level, got {type(raw).__name__}")
+    return raw
+
+
+def validate(model: type[BaseModel], raw: dict, path: Path, prefix: str = ""):
+    """`model.model_validate(raw)`, with the first error as one UserError line."""
     try:
-        exp = Experiment.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as e:
-        raise UserError(_format_validation_error(path, e, Experiment, "")) from None
+        raise UserError(_format_validation_error(path, e, model, prefix)) from None
+
+
+def load_config(path: str | os.PathLike) -> Config:
+    """Read, validate and expand an experiment file. Raises UserError on any mistake."""
+    path = Path(path)
+    raw = read_yaml_mapping(path, "experiment file", "experiment fields")
+    exp = validate(Experiment, raw, path)
 
     # Defaults on their own first, so that a mistake there is reported where it was written.
-    try:
-        Variant.model_validate({"method": "none", **exp.defaults, "name": "defaults"})
-    except ValidationError as e:
-        raise UserError(_format_validation_error(path, e, Variant, "defaults")) from None
+    validate(Variant, {"method": "none", **exp.defaults, "name": "defaults"}, path, "defaults")
     variants: dict[str, Variant] = {}
     for name, overrides in exp.variants.items():
         if not isinstance(overrides, dict):
@@ -285,10 +293,7 @@ def load_config(path: str | os.PathLike) -> Config:
         merged = _deep_merge(exp.defaults, overrides or {})
         if "name" in merged:
             raise UserError(f"{path}: field 'variants.{name}.name': unknown key (the variant's name is its key)")
-        try:
-            variants[name] = Variant.model_validate({"name": name, **merged})
-        except ValidationError as e:
-            raise UserError(_format_validation_error(path, e, Variant, f"variants.{name}")) from None
+        variants[name] = validate(Variant, {"name": name, **merged}, path, f"variants.{name}")
     for v in variants.values():
         _check_variant(path, exp, v)
     for v in variants.values():

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Callable, Literal, Union
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
+from harness.config import read_yaml_mapping, validate
 from harness.data import Example
 from harness.errors import UserError
 
@@ -223,20 +223,8 @@ def score_sample(rubric: Rubric, output: str, ex: Example) -> SampleScore:
 
 
 def load_rubric(path: Path) -> Rubric:
-    if not path.exists():
-        raise UserError(f"{path}: rubric file not found")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: invalid rubric file: {str(e).splitlines()[0]}") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"{path}: expected a mapping with name, pass_threshold and criteria")
-    try:
-        rubric = Rubric.model_validate(raw)
-    except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        raise UserError(f"{path}: field '{loc}': {err['msg']}") from None
+    raw = read_yaml_mapping(path, "rubric file", "rubric fields (name, pass_threshold, criteria)")
+    rubric = validate(Rubric, raw, path)
     names = [c.name for c in rubric.criteria]
     if len(set(names)) != len(names):
         raise UserError(f"{path}: field 'criteria': criterion names must be unique")

@@ -91,7 +91,7 @@ def test_normalise():
 
 
 @pytest.mark.parametrize("text, expected", [
-    ("name: r\ncriteria: [{name: a, type: exact}]\n", "field 'pass_threshold': Field required"),
+    ("name: r\ncriteria: [{name: a, type: exact}]\n", "field 'pass_threshold': required but missing"),
     ("name: r\npass_threshold: 1\ncriteria: [{name: a, type: fuzzy}]\n", "field 'criteria.0'"),
     ("name: r\npass_threshold: 2\ncriteria: [{name: a, type: exact}]\n", "less than or equal to 1"),
     ("name: r\npass_threshold: 1\ncriteria: [{name: a, type: exact}, {name: a, type: exact}]\n", "unique"),
