@@ -70,6 +70,10 @@ def cmd_run(args) -> int:
     from harness.config import load_config
 
     cfg = load_config(args.experiment)  # validation first: a typo costs nothing
+    names = [v.name for v in cfg.variants]
+    for name in args.only or []:
+        if name not in names:
+            raise UserError(f"--only {name}: no such variant in {args.experiment}; expected one of: {', '.join(names)}")
     t0 = time.perf_counter()
     _quiet_libraries()
     from harness.report import write_report

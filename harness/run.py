@@ -22,7 +22,7 @@ from typing import Callable
 
 from harness import __version__
 from harness.config import Config, EvalSet, Method, Variant, content_hash
-from harness.data import Dataset, Example, load_jsonl
+from harness.data import Dataset, load_jsonl
 from harness.generate import build_messages, generate
 from harness.models import DevicePolicy, ModelSpec, device_policy, load_model, load_tokenizer, model_fingerprint, resolve_model
 from harness.rubric import Rubric, SampleScore, check_rubric_fits, load_rubric, score_sample

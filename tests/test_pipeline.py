@@ -130,6 +130,7 @@ def test_report_escapes_model_output(smoke, tmp_path):
     (lambda t: t.replace("model: builtin:tiny-random", "model: no-such-org/no-such-model"), "unknown model reference 'no-such-org/no-such-model'"),
     (lambda t: t.replace("tickets_test.jsonl", "missing.jsonl"), "missing.jsonl: data file not found"),
     (lambda t: t.replace("max_steps: 2", "max_steps: two"), "field 'defaults.train.max_steps'"),
+    (lambda t: t.replace("rubrics/ticket_triage.yaml", "rubrics/nope.yaml"), "nope.yaml: rubric file not found"),
 ])
 def test_bad_input_exits_2_and_writes_nothing(smoke, tmp_path, capsys, edit, expected):
     exp = smoke["root"] / "experiments" / "bad.yaml"
@@ -140,6 +141,23 @@ def test_bad_input_exits_2_and_writes_nothing(smoke, tmp_path, capsys, edit, exp
     assert code == 2
     assert expected in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not db.exists() and not report.exists() and not (tmp_path / "artifacts").exists()
+
+
+def test_rubric_that_does_not_fit_the_data_exits_2(smoke, tmp_path, capsys):
+    rubric = smoke["root"] / "rubrics" / "typo.yaml"
+    rubric.write_text((smoke["root"] / "rubrics" / "ticket_triage.yaml").read_text().replace("path: category", "path: categroy"))
+    exp = smoke["root"] / "experiments" / "typo.yaml"
+    exp.write_text((smoke["root"] / "experiments" / "smoke.yaml").read_text().replace("rubrics/ticket_triage.yaml", "rubrics/typo.yaml"))
+    db = tmp_path / "r.duckdb"
+    assert main(["run", str(exp), "--db", str(db), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "has no field 'categroy'" in err and "typo.yaml" in err and len(err.strip().splitlines()) == 1
+    assert not db.exists()
+
+
+def test_unknown_only_variant_exits_2(smoke, capsys):
+    code = main(["run", str(smoke["root"] / "experiments" / "smoke.yaml"), "--db", str(smoke["db"]), "--only", "lorra"])
+    assert code == 2 and "--only lorra: no such variant" in capsys.readouterr().err
 
 
 def test_a_failing_variant_is_recorded_and_the_others_finish(smoke, tmp_path, capsys):
