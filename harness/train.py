@@ -140,7 +140,7 @@ def _hf_dataset(data: Dataset):
     return HFDataset.from_list(rows)
 
 
-def _run(trainer, policy: DevicePolicy, spec: ModelSpec, t0: float, mem: PeakMemory, desc: str | None) -> TrainResult:
+def _run(trainer, spec: ModelSpec, t0: float, mem: PeakMemory, desc: str | None) -> TrainResult:
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)
@@ -210,7 +210,7 @@ def train_variant(
         trainer = DPOTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                              peft_config=_lora_config(variant))
         adapter = out_dir / "adapter"
-        result = _run(trainer, policy, ModelSpec(start.path, (*start.adapters, str(adapter))), t0, mem, desc)
+        result = _run(trainer, ModelSpec(start.path, (*start.adapters, str(adapter))), t0, mem, desc)
         trainer.model.save_pretrained(adapter)
         return result
 
@@ -220,7 +220,7 @@ def train_variant(
         model.train()
         trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
         weights = out_dir / "model"
-        result = _run(trainer, policy, ModelSpec(str(weights)), t0, mem, desc)
+        result = _run(trainer, ModelSpec(str(weights)), t0, mem, desc)
         trainer.model.save_pretrained(weights, safe_serialization=True)
         tokenizer.save_pretrained(weights)
         return result
@@ -243,6 +243,6 @@ def train_variant(
         _keep_adapter_fp32_on_cpu(trainer.model, policy)
     adapter = out_dir / "adapter"
     spec = ModelSpec(start.path, (*start.adapters, str(adapter)), load_in_4bit=method == Method.qlora)
-    result = _run(trainer, policy, spec, t0, mem, desc)
+    result = _run(trainer, spec, t0, mem, desc)
     trainer.model.save_pretrained(adapter)
     return result
