@@ -1,4 +1,4 @@
-"""`harness` command line: run, report, ls.
+"""`harness` command line: run, rescore, score, report, ls.
 
 Exit codes: 0 success, 1 a run failed, 2 bad input or usage (one line on stderr, no traceback).
 """
@@ -37,6 +37,27 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true", help="re-run variants even if already finished")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
 
+    rs = sub.add_parser("rescore", help="re-score stored outputs with the experiment's current rubrics (no training, no generation)")
+    rs.add_argument("experiment", type=Path, help="experiment file (YAML)")
+    rs.add_argument("--db", type=Path, default=DEFAULT_DB, help=f"results file (default {DEFAULT_DB})")
+    rs.add_argument("--report", type=Path, default=None, help="report path (default reports/EXPERIMENT.html)")
+    rs.add_argument("--only", action="append", metavar="VARIANT", help="re-score only this variant (repeatable)")
+    rs.add_argument("--force", action="store_true", help="re-score even where nothing changed")
+    rs.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    sc = sub.add_parser("score", help="score a JSONL of outputs from any system with a rubric")
+    sc.add_argument("rubric", type=Path, help="rubric file (YAML)")
+    sc.add_argument("predictions", type=Path, help="JSONL: one {id, output, ...fields} per line")
+    sc.add_argument("--data", type=Path, default=None,
+                    help="eval file whose samples (by id) give prompt, reference and fields")
+    sc.add_argument("--slice", action="append", default=[], metavar="FIELD", help="also score per value of FIELD")
+    sc.add_argument("--db", type=Path, default=None, help="store the outputs as a run in this results file")
+    sc.add_argument("--experiment", default=None, help="experiment to store under (with --db)")
+    sc.add_argument("--variant", default=None, help="variant name to store under (default: the predictions file's name)")
+    sc.add_argument("--suite", default=None, help="eval set name to store under (default: the rubric's name)")
+    sc.add_argument("--system", default="external", help="what produced the outputs, e.g. a hosted model's name")
+    sc.add_argument("--format", choices=("table", "json"), default="table")
+
     rep = sub.add_parser("report", help="write the HTML report from a results file")
     rep.add_argument("--db", type=Path, default=DEFAULT_DB)
     rep.add_argument("--experiment", default=None, help="only this experiment (default: all in the file)")
@@ -66,7 +87,7 @@ def _quiet_libraries() -> None:
     ds_logging.disable_progress_bar()
 
 
-def cmd_run(args) -> int:
+def cmd_run(args, rescore: bool = False) -> int:
     from harness.config import load_config
 
     cfg = load_config(args.experiment)  # validation first: a typo costs nothing
@@ -79,9 +100,9 @@ def cmd_run(args) -> int:
     from harness.report import write_report
     from harness.run import run_experiment
 
-    artifacts = args.artifacts or args.db.parent / "artifacts"
+    artifacts = getattr(args, "artifacts", None) or args.db.parent / "artifacts"
     outcomes = run_experiment(cfg, args.db, artifacts, force=args.force, only=args.only, progress=not args.quiet,
-                              log=lambda s: print(s, flush=True))
+                              log=lambda s: print(s, flush=True), rescore=rescore)
     report = args.report or Path("reports") / f"{cfg.experiment.name}.html"
     if any(o.status in ("finished", "skipped") for o in outcomes):
         write_report(args.db, report, cfg.experiment.name)
@@ -94,6 +115,43 @@ def cmd_run(args) -> int:
     if done:
         print(f"report:  {report}")
     return 1 if failed else 0
+
+
+def cmd_score(args) -> int:
+    import json
+
+    from harness.rubric import load_rubric
+    from harness.score import format_metrics, load_predictions, score_predictions, store_external
+
+    if args.db is None and (args.experiment or args.variant or args.suite):
+        raise UserError("--experiment, --variant and --suite name where to store the outputs: they need --db")
+    if args.db is not None and not args.experiment:
+        raise UserError("--db: storing the outputs needs --experiment NAME (the experiment they stand beside)")
+    import re
+
+    from harness.config import NAME_PATTERN
+
+    for flag in ("experiment", "variant", "suite"):
+        value = getattr(args, flag)
+        if value is not None and not re.match(NAME_PATTERN, value):
+            raise UserError(f"--{flag} {value!r}: expected letters, digits, '_', '.' or '-' (at most 64)")
+    rubric = load_rubric(args.rubric)
+    examples, outputs, sha = load_predictions(args.predictions, args.data)
+    _quiet_libraries()
+    scores, metrics = score_predictions(rubric, args.rubric, examples, outputs, args.predictions, args.slice)
+    if args.format == "json":
+        for m in metrics:
+            print(json.dumps(m))
+    else:
+        print(f"{args.predictions}: {len(examples)} outputs scored with {rubric.name} "
+              f"(pass: weighted score ≥ {rubric.pass_threshold:g} and every required criterion met)")
+        print(format_metrics(metrics))
+    if args.db is not None:
+        variant = args.variant or args.predictions.stem
+        run_id = store_external(args.db, args.experiment, variant, args.suite or rubric.name, args.system, rubric,
+                                examples, outputs, scores, metrics, args.slice, sha)
+        print(f"stored as {run_id} in {args.db}", file=sys.stderr if args.format == "json" else sys.stdout)
+    return 0
 
 
 def cmd_report(args) -> int:
@@ -136,7 +194,9 @@ def cmd_ls(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"run": cmd_run, "report": cmd_report, "ls": cmd_ls}[args.command](args)
+        commands = {"run": cmd_run, "rescore": lambda a: cmd_run(a, rescore=True), "score": cmd_score,
+                    "report": cmd_report, "ls": cmd_ls}
+        return commands[args.command](args)
     except UserError as e:
         print(f"harness: error: {e}", file=sys.stderr)
         return 2

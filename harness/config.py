@@ -84,6 +84,7 @@ class EvalSet(Strict):
     # apply to it. A `general` set measures other skills and is asked plainly of every variant.
     kind: Literal["task", "general"] = "task"
     limit: int | None = Field(None, gt=0)
+    slices: list[str] = []  # sample fields to break every metric down by, e.g. [category, difficulty]
 
 
 class DataSettings(Strict):
@@ -202,6 +203,9 @@ def _format_validation_error(path: Path, err: ValidationError, model: type[BaseM
         return f"{path}: field '{where}': unknown key{hint}"
     if e["type"] == "missing":
         return f"{path}: field '{where}': required but missing"
+    if e["type"] == "value_error":  # our own validators' messages are already sentences
+        msg = e["msg"].removeprefix("Value error, ")
+        return f"{path}: field '{where}': {msg}" if loc or prefix else f"{path}: {msg}"
     got = e.get("input")
     got_txt = f" (got {json.dumps(got, default=str)[:60]})" if not isinstance(got, dict) else ""
     return f"{path}: field '{where}': {e['msg'][0].lower()}{e['msg'][1:]}{got_txt}"

@@ -6,7 +6,9 @@ Accepted rows (one JSON object per line):
 - preference: `{"prompt": ..., "chosen": ..., "rejected": ...}`
 
 Every other field of a row is kept (`fields`): rubrics may read it and reports may slice by it.
-The id of an example is the hash of its row, so it is the same on every machine and every run.
+The id of an example is its `id` field when the row has one (a string or an integer), else the hash
+of its row: either way the same on every machine and every run, so outputs of any system can be
+matched to samples by id.
 """
 
 from __future__ import annotations
@@ -70,7 +72,13 @@ def _messages(value: Any, role: str, where: str) -> Messages:
 def parse_row(row: Any, kind: Kind) -> Example:
     if not isinstance(row, dict):
         raise ValueError(f"expected a JSON object, got {type(row).__name__}")
-    row_id = hashlib.sha256(json.dumps(row, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
+    row_id = row.get("id")
+    if row_id is None:
+        row_id = hashlib.sha256(json.dumps(row, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
+    elif isinstance(row_id, bool) or not isinstance(row_id, (str, int)) or str(row_id) == "":
+        raise ValueError(f"field 'id': expected a non-empty string or an integer, got {json.dumps(row_id)[:40]}")
+    row_id = str(row_id)
+    row = {k: v for k, v in row.items() if k != "id"}
     if kind == "preference":
         missing = [k for k in ("prompt", "chosen", "rejected") if k not in row]
         if missing:
@@ -125,8 +133,10 @@ def load_jsonl(path: Path, kind: Kind, limit: int | None = None) -> Dataset:
             ex = parse_row(row, kind)
         except ValueError as e:
             raise UserError(f"{path}:{lineno}: {e}") from None
-        if kind == "eval" and ex.id in seen:  # an identical row twice would give two samples one id
-            continue
+        if kind == "eval" and ex.id in seen:
+            if "id" in row:
+                raise UserError(f"{path}:{lineno}: field 'id': {ex.id!r} was already used by an earlier line")
+            continue  # an identical row twice would give two samples one id
         seen.add(ex.id)
         examples.append(ex)
     if not examples:

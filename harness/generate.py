@@ -23,16 +23,19 @@ def build_messages(prompt: Messages, settings: PromptSettings | None, shots: lis
 
 
 def generate(model, tokenizer, prompts: list[Messages], settings: GenerationSettings, desc: str = "generate",
-             progress: bool = True) -> list[str]:
+             progress: bool = True, temperature: float | None = None, seed: int = 0) -> list[str]:
+    """Greedy unless `temperature` is given (the judge's repeated asks); sampling is seeded."""
     import torch
     from tqdm.auto import tqdm
     from transformers import GenerationConfig
 
     # An explicit config: a model's own generation_config (sampling, penalties) must not leak in.
+    sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature else {"do_sample": False}
     gen_config = GenerationConfig(
-        max_new_tokens=settings.max_new_tokens, do_sample=False,
+        max_new_tokens=settings.max_new_tokens, **sampling,
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
     )
+    torch.manual_seed(seed)
 
     tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
     texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]

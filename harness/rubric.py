@@ -1,192 +1,136 @@
-"""Rubrics: what "good" means for a task, criterion by criterion.
+"""Rubrics: what "good" means for a task, criterion by criterion, and the scores they give.
 
-A rubric file (YAML) lists criteria, each with a `type`, its parameters, a `weight` and optionally
-`required: true`, and sets a `pass_threshold` on the weighted score. A sample passes when its
-weighted score reaches the threshold and no required criterion failed.
+A rubric file (YAML) lists criteria, each with a `type` (see harness/criteria.py), its parameters,
+a `weight` and optionally `required: true`, and sets a `pass_threshold` on the weighted score. A
+sample passes when its weighted score reaches the threshold and no required criterion failed. There
+is no default threshold: a rubric states what passing means.
 
-Each criterion type is one small pure function `(output, example, params) -> (score, reason)` with
-a score in [0, 1]. Adding a type means writing one function and one params model.
+Scores are computed per criterion over the whole list of outputs (so that the judge and the
+embedding model see batches), then put together per sample; metrics (mean score, pass rate, each
+criterion's mean, all with intervals) are computed for the whole set and for every slice.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
-import unicodedata
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Callable, Literal, Union
+from typing import Any
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from harness.config import read_yaml_mapping, validate
+from harness import criteria as C
+from harness.config import project_root, read_yaml_mapping, resolve_path, validate
 from harness.data import Example
 from harness.errors import UserError
-
-# ---------------------------------------------------------------------------------------------
-# Criterion parameters (one model per type)
-
-
-class _Criterion(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    name: str
-    weight: float = Field(1.0, ge=0)
-    required: bool = False
-
-
-class Exact(_Criterion):
-    type: Literal["exact"]
-    normalise: bool = False  # case, whitespace, punctuation and unicode form
-
-
-class ValidJson(_Criterion):
-    type: Literal["valid_json"]
-    fenced: bool = False  # also accept JSON inside a ```json fenced block
-
-
-class JsonKeys(_Criterion):
-    type: Literal["json_keys"]
-    keys: list[str] = Field(min_length=1)
-    fenced: bool = False
-
-
-class JsonField(_Criterion):
-    type: Literal["json_field"]
-    path: str  # dotted path into the object, e.g. "customer.tier"
-    fenced: bool = False
-    normalise: bool = False
-
-
-class ContainsAny(_Criterion):
-    type: Literal["contains_any"]
-    # The accepted answers: a list here, or the name of a sample field holding a string or a list.
-    values: list[str] | None = None
-    field: str | None = None
-    whole_word: bool = True  # "0" must not match inside "100"
-
-
-Criterion = Annotated[Union[Exact, ValidJson, JsonKeys, JsonField, ContainsAny], Field(discriminator="type")]
+from harness.stats import bootstrap_mean_ci, wilson_ci
 
 
 class Rubric(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str
     description: str = ""
-    # No silent default: a rubric states what passing means.
+    pass_threshold: float = Field(ge=0, le=1)  # required: no silent default
+    criteria: list[C.Criterion] = Field(min_length=1)
+
+    @property
+    def uses_judge(self) -> bool:
+        return any(isinstance(c, C.LlmJudge) for c in self.criteria)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_rubric(path: Path, root: Path | None = None) -> Rubric:
+    """Read and check a rubric file; every mistake is one UserError naming the file and criterion."""
+    root = root or project_root(path)
+    raw = read_yaml_mapping(path, "rubric file", "rubric fields (name, pass_threshold, criteria)")
+    items = raw.get("criteria")
+    if not isinstance(items, list) or not items:
+        raise UserError(f"{path}: field 'criteria': expected a non-empty list of criteria")
+    parsed = [_parse_criterion(path, root, i, item) for i, item in enumerate(items)]
+    # The top-level fields are validated on their own so that their errors do not mention criteria.
+    top = {k: v for k, v in raw.items() if k != "criteria"}
+    validate(_RubricTop, top, path)
+    rubric = Rubric.model_validate({**top, "criteria": [c.model_dump(by_alias=True) for c in parsed]})
+    names = [c.name for c in rubric.criteria]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise UserError(f"{path}: criterion '{dup[0]}': criterion names must be unique within a rubric")
+    return rubric
+
+
+class _RubricTop(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    description: str = ""
     pass_threshold: float = Field(ge=0, le=1)
-    criteria: list[Criterion] = Field(min_length=1)
 
 
-# ---------------------------------------------------------------------------------------------
-# Helpers
+def _parse_criterion(path: Path, root: Path, i: int, item: Any) -> C._Criterion:
+    if not isinstance(item, dict):
+        raise UserError(f"{path}: field 'criteria.{i}': expected a mapping with 'name' and 'type'")
+    name = item.get("name")
+    who = f"criterion '{name}'" if isinstance(name, str) and name else f"criterion {i + 1}"
+    where = f"{path}: {who} (criteria.{i})"
+    kind = item.get("type")
+    if kind not in C.CRITERION_TYPES:
+        close = difflib.get_close_matches(str(kind), list(C.CRITERION_TYPES), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        got = "no 'type'" if kind is None else f"unknown type {kind!r}"
+        raise UserError(f"{where}: {got}; expected one of {', '.join(C.CRITERION_TYPES)}{hint}")
+    model = C.CRITERION_TYPES[kind]
+    try:
+        c = validate(model, item, path)
+    except UserError as e:  # "<path>: field 'x': ..." → "<path>: criterion 'n' (criteria.i): field 'x': ..."
+        raise UserError(str(e).replace(f"{path}: ", f"{where}: ", 1)) from None
+    return _check_criterion(c, where, path, root)
 
 
-def normalise(text: str) -> str:
-    """Unicode NFKC, case-folded, punctuation removed, whitespace collapsed."""
-    text = unicodedata.normalize("NFKC", text).casefold()
-    text = "".join(" " if unicodedata.category(c).startswith("P") else c for c in text)
-    return " ".join(text.split())
-
-
-_FENCE = re.compile(r"```(?:json)?\s*\n(.*?)```", re.DOTALL)
-
-
-def parse_json(text: str, fenced: bool) -> tuple[Any, str | None]:
-    """(value, None) on success, (None, why) otherwise."""
-    candidates = [text.strip()]
-    if fenced:
-        candidates += [m.group(1).strip() for m in _FENCE.finditer(text)]
-    err = "empty output"
-    for c in candidates:
-        if not c:
-            continue
+def _check_criterion(c: C._Criterion, where: str, path: Path, root: Path) -> C._Criterion:
+    """What types alone cannot say: the regex compiles, the schema is a schema, the function imports."""
+    if isinstance(c, C.Regex):
         try:
-            return json.loads(c), None
-        except json.JSONDecodeError as e:
-            err = f"not JSON ({e.msg} at char {e.pos})"
-    return None, err
+            C.compile_regex(c.pattern, c.ignore_case, c.multiline, c.dotall)
+        except re.error as e:
+            raise UserError(f"{where}: field 'pattern': expected a valid regular expression ({e})") from None
+    if isinstance(c, C.JsonSchema):
+        if c.schema_file is not None:
+            schema_path = resolve_path(c.schema_file, root, path, f"criteria.{c.name}.schema_file")
+            if not schema_path.is_file():
+                raise UserError(f"{where}: field 'schema_file': file {c.schema_file!r} not found")
+            try:
+                schema = yaml.safe_load(schema_path.read_text(encoding="utf-8"))  # JSON is YAML too
+            except (yaml.YAMLError, UnicodeDecodeError) as e:
+                raise UserError(f"{where}: field 'schema_file': {schema_path} is not JSON or YAML ({str(e).splitlines()[0]})") from None
+            c = c.model_copy(update={"schema_": schema, "schema_file": None})
+        from jsonschema.exceptions import SchemaError
+        from jsonschema.validators import validator_for
 
-
-def _dig(value: Any, path: str) -> tuple[bool, Any]:
-    for part in path.split("."):
-        if isinstance(value, dict) and part in value:
-            value = value[part]
-        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
-            value = value[int(part)]
-        else:
-            return False, None
-    return True, value
-
-
-# ---------------------------------------------------------------------------------------------
-# Checks: (output, example, params) -> (score, reason)
-
-
-def check_exact(output: str, ex: Example, c: Exact) -> tuple[float, str]:
-    ref = ex.reference or ""
-    a, b = (normalise(output), normalise(ref)) if c.normalise else (output.strip(), ref.strip())
-    return (1.0, "matches the reference") if a == b else (0.0, "differs from the reference")
-
-
-def check_valid_json(output: str, ex: Example, c: ValidJson) -> tuple[float, str]:
-    _, err = parse_json(output, c.fenced)
-    return (1.0, "valid JSON") if err is None else (0.0, err)
-
-
-def check_json_keys(output: str, ex: Example, c: JsonKeys) -> tuple[float, str]:
-    value, err = parse_json(output, c.fenced)
-    if err is not None:
-        return 0.0, err
-    if not isinstance(value, dict):
-        return 0.0, f"JSON {type(value).__name__}, not an object"
-    missing = [k for k in c.keys if k not in value]
-    score = 1 - len(missing) / len(c.keys)
-    return score, ("all keys present" if not missing else "missing " + ", ".join(missing))
-
-
-def check_json_field(output: str, ex: Example, c: JsonField) -> tuple[float, str]:
-    expected_doc, err = parse_json(ex.reference or "", False)
-    if err is not None:
-        raise ValueError(f"criterion '{c.name}': the reference answer of sample {ex.id} is not JSON")
-    found, expected = _dig(expected_doc, c.path)
-    if not found:
-        raise ValueError(f"criterion '{c.name}': the reference answer of sample {ex.id} has no field '{c.path}'")
-    value, err = parse_json(output, c.fenced)
-    if err is not None:
-        return 0.0, err
-    found, got = _dig(value, c.path)
-    if not found:
-        return 0.0, f"no field '{c.path}'"
-    same = normalise(str(got)) == normalise(str(expected)) if c.normalise else got == expected
-    return (1.0, f"{c.path} = {json.dumps(got)}") if same else (0.0, f"{c.path} = {json.dumps(got)}, expected {json.dumps(expected)}")
-
-
-def check_contains_any(output: str, ex: Example, c: ContainsAny) -> tuple[float, str]:
-    if c.values is not None:
-        accepted = c.values
-    elif c.field is not None:
-        v = ex.fields.get(c.field)
-        accepted = [v] if isinstance(v, str) else list(v or [])
-    else:
-        accepted = [ex.reference] if ex.reference else []
-    if not accepted:
-        raise ValueError(f"criterion '{c.name}': sample {ex.id} has no accepted answers")
-    text = normalise(output)
-    for a in accepted:
-        na = normalise(str(a))
-        hit = re.search(rf"(?<!\w){re.escape(na)}(?!\w)", text) if c.whole_word else na in text
-        if na and hit:
-            return 1.0, f"contains {a!r}"
-    return 0.0, "contains none of " + ", ".join(repr(a) for a in accepted[:5])
-
-
-CHECKS: dict[type, Callable[[str, Example, Any], tuple[float, str]]] = {
-    Exact: check_exact,
-    ValidJson: check_valid_json,
-    JsonKeys: check_json_keys,
-    JsonField: check_json_field,
-    ContainsAny: check_contains_any,
-}
+        try:
+            validator_for(c.schema_).check_schema(c.schema_)
+        except SchemaError as e:
+            at = "/".join(str(p) for p in e.absolute_path) or "(root)"
+            raise UserError(f"{where}: field 'schema': not a valid JSON Schema at {at}: {e.message[:120]}") from None
+    if isinstance(c, C.Custom):
+        try:
+            C._FUNCTIONS[c.function] = C.import_function(c.function, root)
+        except (ImportError, AttributeError) as e:
+            raise UserError(f"{where}: field 'function': cannot import {c.function!r} ({e})") from None
+    if isinstance(c, C.Embedding):
+        try:
+            model_dir = C.embedding_model_path(c.model)
+        except ImportError as e:
+            raise UserError(f"{where}: {e}") from None
+        if not (model_dir / "config.json").is_file():
+            raise UserError(f"{where}: field 'model': expected builtin:all-minilm-l6-v2 or a local "
+                            f"sentence-transformers directory, got {c.model!r}")
+    return c
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,6 +144,7 @@ class CriterionResult:
     weight: float
     required: bool
     reason: str
+    detail: dict | None = None  # e.g. the judge's grades and agreement
 
 
 @dataclass(frozen=True)
@@ -210,39 +155,117 @@ class SampleScore:
     criteria: list[CriterionResult]
 
 
+def _criterion_column(c, outputs: list[str], examples: list[Example], progress: bool) -> list[tuple[float, str, dict | None]]:
+    if isinstance(c, C.LlmJudge):
+        from harness.judge import grade_batch
+
+        return grade_batch(outputs, examples, c, progress=progress)
+    if isinstance(c, C.Embedding):
+        return C.check_embedding(outputs, examples, c)
+    if isinstance(c, C.Length) and c.unit == "tokens":
+        return C.check_length_tokens(outputs, examples, c)
+    check = C.CHECKS[type(c)]
+    column = []
+    for out, ex in zip(outputs, examples):
+        try:
+            score, reason = check(out, ex, c)
+        except ValueError as e:  # the data does not give what the criterion needs
+            raise ValueError(f"criterion '{c.name}': {e}") from None
+        column.append((score, reason, None))
+    return column
+
+
+def score_samples(rubric: Rubric, outputs: list[str], examples: list[Example],
+                  progress: bool = False) -> list[SampleScore]:
+    columns = [_criterion_column(c, outputs, examples, progress) for c in rubric.criteria]
+    total_weight = sum(c.weight for c in rubric.criteria)
+    scores = []
+    for j, ex in enumerate(examples):
+        results = [CriterionResult(c.name, float(col[j][0]), c.weight, c.required, col[j][1], col[j][2])
+                   for c, col in zip(rubric.criteria, columns)]
+        score = sum(r.score * r.weight for r in results) / total_weight
+        required_ok = all(r.score >= c.passing_score - 1e-9 for r, c in zip(results, rubric.criteria) if c.required)
+        # A small tolerance: a weighted mean of exact 1.0s can come out as 0.9999999.
+        scores.append(SampleScore(ex.id, score, required_ok and score >= rubric.pass_threshold - 1e-9, results))
+    return scores
+
+
 def score_sample(rubric: Rubric, output: str, ex: Example) -> SampleScore:
-    results = []
-    for c in rubric.criteria:
-        score, reason = CHECKS[type(c)](output, ex, c)
-        results.append(CriterionResult(c.name, float(score), c.weight, c.required, reason))
-    total_weight = sum(r.weight for r in results)
-    score = sum(r.score * r.weight for r in results) / total_weight if total_weight else 0.0
-    required_ok = all(r.score >= 1.0 for r in results if r.required)
-    # A small tolerance: a weighted mean of exact 1.0s can come out as 0.9999999.
-    return SampleScore(ex.id, score, required_ok and score >= rubric.pass_threshold - 1e-9, results)
-
-
-def load_rubric(path: Path) -> Rubric:
-    raw = read_yaml_mapping(path, "rubric file", "rubric fields (name, pass_threshold, criteria)")
-    rubric = validate(Rubric, raw, path)
-    names = [c.name for c in rubric.criteria]
-    if len(set(names)) != len(names):
-        raise UserError(f"{path}: field 'criteria': criterion names must be unique")
-    return rubric
+    return score_samples(rubric, [output], [ex])[0]
 
 
 def check_rubric_fits(rubric: Rubric, rubric_path: Path, examples: list[Example], data_path: Path) -> None:
-    """Fail before any training when a rubric needs something the eval data lacks."""
-    for ex in examples:
-        for c in rubric.criteria:
-            if isinstance(c, (JsonField, Exact)) and ex.reference is None:
-                raise UserError(f"{data_path}: sample {ex.id} has no reference answer ('completion'), "
-                                f"which criterion '{c.name}' of {rubric_path} compares against")
-            if isinstance(c, JsonField):
-                try:
-                    check_json_field(ex.reference or "", ex, c)
-                except ValueError as e:
-                    raise UserError(f"{data_path}: {e} (rubric {rubric_path})") from None
-            if isinstance(c, ContainsAny) and c.field and c.field not in ex.fields:
-                raise UserError(f"{data_path}: sample {ex.id} has no field '{c.field}', which criterion "
-                                f"'{c.name}' of {rubric_path} reads")
+    """Fail before any training when a rubric needs something the eval data lacks: checking each
+    sample's own reference answer runs every expected-value lookup."""
+    for c in rubric.criteria:
+        for ex in examples:
+            try:
+                if isinstance(c, C.Embedding):
+                    C.expected_texts(ex, c)
+                elif type(c) in C.CHECKS and not isinstance(c, C.Custom):
+                    C.CHECKS[type(c)](ex.reference or "", ex, c)
+            except ValueError as e:
+                raise UserError(f"{data_path}: {e}, which criterion '{c.name}' of {rubric_path} reads") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics, overall and per slice
+
+
+def slice_labels(ex: Example, slices: list[str]) -> list[str]:
+    """The slices a sample belongs to: `field=value` per slicing field (a list field gives one per item)."""
+    labels = []
+    for f in slices:
+        v = ex.fields.get(f)
+        values = v if isinstance(v, list) else [v]
+        labels += [f"{f}={'(missing)' if x is None else x if isinstance(x, str) else json.dumps(x)}" for x in values]
+    return labels
+
+
+def check_slices(slices: list[str], examples: list[Example], where: str) -> None:
+    """A slicing field that no sample has is a typo, not a slice of '(missing)' values."""
+    for f in slices:
+        if not any(f in ex.fields for ex in examples):
+            known = sorted({k for ex in examples for k in ex.fields})
+            close = difflib.get_close_matches(f, known, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise UserError(f"{where} {f}: no sample has a field '{f}'; expected one of: {', '.join(known) or '(none)'}{hint}")
+
+
+def suite_metrics(scores: list[SampleScore], examples: list[Example] | None = None,
+                  slices: list[str] = ()) -> list[dict]:
+    """Mean weighted score, pass rate and each criterion's mean, each with its interval, for the
+    whole set (slice 'all') and for every slice."""
+    groups: dict[str, list[SampleScore]] = defaultdict(list)
+    groups["all"] = list(scores)
+    if slices and examples is not None:
+        for s, ex in zip(scores, examples):
+            for label in slice_labels(ex, list(slices)):
+                groups[label].append(s)
+    rows = []
+    for label, group in groups.items():
+        rows += [{**r, "slice": label} for r in _metrics(group)]
+    return rows
+
+
+def _metrics(scores: list[SampleScore]) -> list[dict]:
+    n = len(scores)
+    passed = sum(s.passed for s in scores)
+    lo, hi = bootstrap_mean_ci([s.score for s in scores])
+    p_lo, p_hi = wilson_ci(passed, n)
+    rows = [
+        {"metric": "score", "value": sum(s.score for s in scores) / n, "ci_low": lo, "ci_high": hi, "n": n,
+         "ci_method": "bootstrap-percentile"},
+        {"metric": "pass_rate", "value": passed / n, "ci_low": p_lo, "ci_high": p_hi, "n": n, "ci_method": "wilson"},
+    ]
+    for j, c in enumerate(scores[0].criteria):
+        vals = [s.criteria[j].score for s in scores]
+        if all(x in (0.0, 1.0) for x in vals):
+            lo, hi = wilson_ci(int(sum(vals)), n)
+            method = "wilson"
+        else:
+            lo, hi = bootstrap_mean_ci(vals)
+            method = "bootstrap-percentile"
+        rows.append({"metric": f"criterion:{c.criterion}", "value": sum(vals) / n, "ci_low": lo, "ci_high": hi,
+                     "n": n, "ci_method": method})
+    return rows

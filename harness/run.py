@@ -2,9 +2,12 @@
 
 Everything a run reads (data, rubrics, model reference) is loaded and checked before the first
 variant starts, so a mistake fails in seconds with nothing written. Each variant's results go to the
-store in one transaction at its end: a crash loses at most the variant in progress. A variant whose
-content hash is already finished in the store is skipped; a trained model whose training hash is
-already on disk is reused (changing a rubric re-scores without re-training).
+store in one transaction at its end: a crash loses at most the variant in progress.
+
+Three content hashes decide what is redone. A variant whose config hash (everything) is finished in
+the store is skipped. Outputs whose generation hash (weights, eval data, generation settings) are
+stored are re-scored, not generated again: changing a rubric costs only scoring. A trained model
+whose training hash is on disk is reused.
 """
 
 from __future__ import annotations
@@ -23,10 +26,10 @@ from typing import Callable
 from harness import __version__
 from harness.config import Config, EvalSet, Method, Variant, content_hash
 from harness.data import Dataset, load_jsonl
+from harness.errors import UserError
 from harness.generate import build_messages, generate
 from harness.models import DevicePolicy, ModelSpec, device_policy, load_model, load_tokenizer, model_fingerprint, resolve_model
-from harness.rubric import Rubric, SampleScore, check_rubric_fits, load_rubric, score_sample
-from harness.stats import bootstrap_mean_ci, wilson_ci
+from harness.rubric import Rubric, check_rubric_fits, check_slices, load_rubric, score_samples, suite_metrics
 from harness import store
 
 
@@ -66,8 +69,9 @@ def load_inputs(cfg: Config) -> Inputs:
     for i, e in enumerate(exp.eval):
         ds = load_jsonl(cfg.resolve(e.data, f"eval.{i}.data"), "eval", limit=e.limit)
         rubric_path = cfg.resolve(e.rubric, f"eval.{i}.rubric")
-        rubric = load_rubric(rubric_path)
+        rubric = load_rubric(rubric_path, cfg.root)
         check_rubric_fits(rubric, rubric_path, ds.examples, ds.path)
+        check_slices(e.slices, ds.examples, f"{cfg.path}: field 'eval.{i}.slices':")
         eval_sets.append((e, ds, rubric))
     return Inputs(model_path, model_fingerprint(model_path), train, pref, variant_data, eval_sets)
 
@@ -80,54 +84,37 @@ def training_data(v: Variant, inputs: Inputs) -> Dataset | None:
     return inputs.preference if v.method == Method.dpo else inputs.train
 
 
-def variant_hashes(cfg: Config, inputs: Inputs) -> dict[str, tuple[str, str]]:
-    """(train_hash, config_hash) per variant. The training hash covers what shapes the weights
-    (settings, parent, data, base model, seed, harness version); the config hash adds what shapes
-    the scores (eval data, rubrics, generation settings)."""
+@dataclass(frozen=True)
+class Hashes:
+    train: str  # what shapes the weights: settings, parent, data, base model, seed, harness version
+    config: str  # all of it: training, eval data, rubrics, slices, generation settings
+    gen: dict[str, str]  # per eval set: what shapes its outputs (weights, its data, generation settings)
+
+
+def variant_hashes(cfg: Config, inputs: Inputs) -> dict[str, Hashes]:
     exp = cfg.experiment
     evals = [
         {"eval": e.model_dump(mode="json"), "data": ds.sha256, "rubric": r.model_dump(mode="json")}
         for e, ds, r in inputs.eval_sets
     ]
-    out: dict[str, tuple[str, str]] = {}
+    generation = exp.generation.model_dump(mode="json")
+    out: dict[str, Hashes] = {}
     for v in cfg.variants:
         data = training_data(v, inputs)
         shots = inputs.train.sha256 if (v.method == Method.prompt and v.prompt.few_shot and inputs.train) else None
         train_hash = content_hash({
             "variant": v.model_dump(mode="json"),
-            "parent": out[v.init_from][0] if v.init_from else None,
+            "parent": out[v.init_from].train if v.init_from else None,
             "model": exp.model, "model_fingerprint": inputs.model_fingerprint,
             "data": data.sha256 if data else None, "few_shot_data": shots,
             "seed": exp.seed, "harness": __version__, "trust_remote_code": exp.trust_remote_code,
         })
-        config_hash = content_hash({"train": train_hash, "eval": evals,
-                                    "generation": exp.generation.model_dump(mode="json")})
-        out[v.name] = (train_hash, config_hash)
+        config_hash = content_hash({"train": train_hash, "eval": evals, "generation": generation})
+        gen = {e.name: content_hash({"train": train_hash, "data": ds.sha256, "limit": e.limit, "kind": e.kind,
+                                     "generation": generation})
+               for e, ds, _ in inputs.eval_sets}
+        out[v.name] = Hashes(train_hash, config_hash, gen)
     return out
-
-
-def suite_metrics(scores: list[SampleScore]) -> list[dict]:
-    """Mean weighted score, pass rate and each criterion's mean, every one with its interval."""
-    n = len(scores)
-    passed = sum(s.passed for s in scores)
-    lo, hi = bootstrap_mean_ci([s.score for s in scores])
-    p_lo, p_hi = wilson_ci(passed, n)
-    rows = [
-        {"metric": "score", "value": sum(s.score for s in scores) / n, "ci_low": lo, "ci_high": hi, "n": n,
-         "ci_method": "bootstrap-percentile"},
-        {"metric": "pass_rate", "value": passed / n, "ci_low": p_lo, "ci_high": p_hi, "n": n, "ci_method": "wilson"},
-    ]
-    for j, c in enumerate(scores[0].criteria):
-        vals = [s.criteria[j].score for s in scores]
-        if all(x in (0.0, 1.0) for x in vals):
-            lo, hi = wilson_ci(int(sum(vals)), n)
-            method = "wilson"
-        else:
-            lo, hi = bootstrap_mean_ci(vals)
-            method = "bootstrap-percentile"
-        rows.append({"metric": f"criterion:{c.criterion}", "value": sum(vals) / n, "ci_low": lo, "ci_high": hi,
-                     "n": n, "ci_method": method})
-    return rows
 
 
 def _now() -> datetime:
@@ -136,12 +123,15 @@ def _now() -> datetime:
 
 def run_experiment(cfg: Config, db: Path, artifacts: Path, force: bool = False, only: list[str] | None = None,
                    progress: bool = True, log: Callable[[str], None] = print,
-                   policy: DevicePolicy | None = None) -> list[VariantOutcome]:
+                   policy: DevicePolicy | None = None, rescore: bool = False) -> list[VariantOutcome]:
+    """Train, generate, score and store every variant (or those in `only` and their parents).
+
+    `rescore`: never train or generate; re-score stored outputs with the experiment's rubrics. A
+    variant without stored outputs for every eval set is then a UserError, before anything runs."""
     exp = cfg.experiment
     inputs = load_inputs(cfg)
     hashes = variant_hashes(cfg, inputs)
     policy = policy or device_policy()
-    log(f"experiment {exp.name}: {len(cfg.variants)} variants, model {exp.model} on {policy.device} ({policy.dtype_name})")
 
     wanted = set(only) if only else None
     if wanted:
@@ -149,42 +139,54 @@ def run_experiment(cfg: Config, db: Path, artifacts: Path, force: bool = False, 
         for v in reversed(cfg.variants):
             if v.name in wanted and v.init_from:
                 wanted.add(v.init_from)
+    variants = [v for v in cfg.variants if wanted is None or v.name in wanted]
+
+    stored = {v.name: {e.name: store.stored_outputs(db, hashes[v.name].gen[e.name]) for e, _, _ in inputs.eval_sets}
+              for v in variants}
+    if rescore:
+        missing = [f"{v.name} ({', '.join(s for s, o in stored[v.name].items() if o is None)})"
+                   for v in variants if any(o is None for o in stored[v.name].values())]
+        if missing:
+            raise UserError(f"{db}: no stored outputs to re-score for {'; '.join(missing)}: "
+                            f"run `harness run {cfg.path} --db {db}` first")
+    log(f"experiment {exp.name}: {len(variants)} variants, model {exp.model}"
+        + ("" if rescore else f" on {policy.device} ({policy.dtype_name})"))
 
     specs: dict[str, ModelSpec] = {}
     run_ids: dict[str, str] = {}
     outcomes: list[VariantOutcome] = []
-    for v in cfg.variants:
-        if wanted is not None and v.name not in wanted:
-            continue
-        train_hash, config_hash = hashes[v.name]
+    for v in variants:
+        h = hashes[v.name]
         if v.init_from and v.init_from not in specs:
             outcomes.append(VariantOutcome(v.name, "failed", message=f"its parent '{v.init_from}' did not finish"))
             log(f"[{v.name}] not run: its parent '{v.init_from}' did not finish")
             continue
-        done = None if force else store.finished_run(db, config_hash)
+        done = None if force else store.finished_run(db, h.config)
         if done:
             specs[v.name] = ModelSpec(**done["artifact"])
             run_ids[v.name] = done["run_id"]
             outcomes.append(VariantOutcome(v.name, "skipped", done["run_id"], "already finished with this content hash"))
             log(f"[{v.name}] already finished ({done['run_id']}), skipped; --force re-runs it")
             continue
-        outcome = _run_variant(cfg, v, inputs, policy, db, artifacts, train_hash, config_hash,
-                               specs, run_ids, force, progress, log)
+        # --force re-generates too, unless re-scoring is all that was asked for.
+        cached = stored[v.name] if (rescore or not force) else {}
+        outcome = _run_variant(cfg, v, inputs, policy, db, artifacts, h, cached, specs, run_ids, force, progress, log)
         outcomes.append(outcome)
         gc.collect()
     return outcomes
 
 
-def _run_variant(cfg, v: Variant, inputs: Inputs, policy: DevicePolicy, db: Path, artifacts: Path,
-                 train_hash: str, config_hash: str, specs: dict, run_ids: dict, force: bool,
+def _run_variant(cfg, v: Variant, inputs: Inputs, policy: DevicePolicy, db: Path, artifacts: Path, h: Hashes,
+                 cached: dict[str, dict[str, str] | None], specs: dict, run_ids: dict, force: bool,
                  progress: bool, log) -> VariantOutcome:
     exp = cfg.experiment
     started = _now()
-    run_id = f"{exp.name}/{v.name}/{config_hash[:10]}-{started.strftime('%Y%m%dT%H%M%S%f')}"
+    run_id = f"{exp.name}/{v.name}/{h.config[:10]}-{started.strftime('%Y%m%dT%H%M%S%f')}"
     data = training_data(v, inputs)
     run = {
         "run_id": run_id, "experiment": exp.name, "variant": v.name, "method": v.method.value,
-        "config_hash": config_hash, "parent_run_id": run_ids.get(v.init_from) if v.init_from else None,
+        "config_hash": h.config, "train_hash": h.train,
+        "parent_run_id": run_ids.get(v.init_from) if v.init_from else None,
         "base_model": exp.model, "model_fingerprint": inputs.model_fingerprint, "harness_version": __version__,
         "seed": exp.seed, "device": f"{policy.device} ({platform.processor() or platform.machine()})",
         "dtype": policy.dtype_name, "config_json": v.model_dump(mode="json"),
@@ -198,50 +200,60 @@ def _run_variant(cfg, v: Variant, inputs: Inputs, policy: DevicePolicy, db: Path
     }
     train_log: list[dict] = []
     try:
-        start = specs[v.init_from] if v.init_from else ModelSpec(str(inputs.model_path))
-        spec = start
-        if v.method.trains:
-            out_dir = artifacts / exp.name / f"{v.name}-{train_hash[:12]}"
-            result = _train_or_reuse(v, start, data, out_dir, policy, exp, force, progress, log)
-            spec = ModelSpec(**result["model"])
-            train_log = [{"step": int(e.get("step", 0)), "loss": e.get("loss"), "learning_rate": e.get("learning_rate"),
-                          "extra": json.dumps({k: x for k, x in e.items() if k not in ("step", "loss", "learning_rate")})}
-                         for e in result["loss_curve"]]
-            run.update(train_wall_s=result["wall_s"], peak_mem_mb=result["peak_mem_mb"],
-                       trainable_params=result["trainable_params"], total_params=result["total_params"],
-                       train_tokens=result["tokens"], train_steps=result["steps"])
+        earlier = store.trained_run(db, h.train) if all(o is not None for o in cached.values()) else None
+        if earlier is not None:
+            # Every eval set's outputs are stored: nothing to train or generate, only to score.
+            source, train_log = earlier
+            keep = ("train_wall_s", "peak_mem_mb", "trainable_params", "total_params", "train_tokens", "train_steps",
+                    "device", "dtype")
+            run.update({k: source[k] for k in keep})
+            spec = ModelSpec(**json.loads(source["artifact_json"]))
+            log(f"[{v.name}] re-scoring the outputs of {source['run_id']}")
+        else:
+            start = specs[v.init_from] if v.init_from else ModelSpec(str(inputs.model_path))
+            spec = start
+            if v.method.trains:
+                out_dir = artifacts / exp.name / f"{v.name}-{h.train[:12]}"
+                result = _train_or_reuse(v, start, data, out_dir, policy, exp, force, progress, log)
+                spec = ModelSpec(**result["model"])
+                train_log = [{"step": int(e.get("step", 0)), "loss": e.get("loss"), "learning_rate": e.get("learning_rate"),
+                              "extra": json.dumps({k: x for k, x in e.items() if k not in ("step", "loss", "learning_rate")})}
+                             for e in result["loss_curve"]]
+                run.update(train_wall_s=result["wall_s"], peak_mem_mb=result["peak_mem_mb"],
+                           trainable_params=result["trainable_params"], total_params=result["total_params"],
+                           train_tokens=result["tokens"], train_steps=result["steps"])
         run["artifact_json"] = dataclasses.asdict(spec)
 
         t0 = time.perf_counter()
-        model = load_model(spec, policy, exp.trust_remote_code)
-        tokenizer = load_tokenizer(spec.path, exp.trust_remote_code)
-        if run.get("total_params") is None:
-            run["total_params"] = sum(p.numel() for p in model.parameters())
+        model = tokenizer = None
         shots = inputs.train.examples[: v.prompt.few_shot] if (v.method == Method.prompt and inputs.train) else []
-        metrics, outputs, samples = [], [], []
+        metrics, outputs, samples, suites = [], [], [], []
         for e, ds, rubric in inputs.eval_sets:
-            use_prompt = v.method == Method.prompt and e.kind == "task"
-            prompts = [build_messages(ex.prompt, v.prompt if use_prompt else None, shots if use_prompt else [])
-                       for ex in ds.examples]
-            texts = generate(model, tokenizer, prompts, exp.generation, desc=f"[{v.name}] {e.name}", progress=progress)
-            scores = [score_sample(rubric, out, ex) for out, ex in zip(texts, ds.examples)]
-            rows = suite_metrics(scores)
+            stored = cached.get(e.name)
+            if stored is not None:
+                texts = [stored[ex.id] for ex in ds.examples]
+            else:
+                if model is None:
+                    model = load_model(spec, policy, exp.trust_remote_code)
+                    tokenizer = load_tokenizer(spec.path, exp.trust_remote_code)
+                    if run.get("total_params") is None:
+                        run["total_params"] = sum(p.numel() for p in model.parameters())
+                use_prompt = v.method == Method.prompt and e.kind == "task"
+                prompts = [build_messages(ex.prompt, v.prompt if use_prompt else None, shots if use_prompt else [])
+                           for ex in ds.examples]
+                texts = generate(model, tokenizer, prompts, exp.generation, desc=f"[{v.name}] {e.name}",
+                                 progress=progress)
+            scores = score_samples(rubric, texts, ds.examples, progress=progress)
+            rows = suite_metrics(scores, ds.examples, e.slices)
             metrics += [{**r, "suite": e.name} for r in rows]
-            outputs += [
-                {"suite": e.name, "sample_id": ex.id, "prompt": ex.prompt_text(), "reference": ex.reference,
-                 "output": out, "score": s.score, "passed": s.passed, "fields": json.dumps(ex.fields)}
-                for ex, out, s in zip(ds.examples, texts, scores)
-            ]
-            samples += [
-                {"suite": e.name, "sample_id": s.sample_id, "criterion": c.criterion, "score": c.score,
-                 "weight": c.weight, "required": c.required, "reason": c.reason}
-                for s in scores for c in s.criteria
-            ]
-            head = {r["metric"]: r for r in rows}
+            suites.append(suite_row(e.name, rubric, e.slices, len(ds.examples), h.gen[e.name]))
+            outputs += output_rows(e.name, ds.examples, texts, scores)
+            samples += sample_rows(e.name, scores)
+            head = {r["metric"]: r for r in rows if r["slice"] == "all"}
             log(f"[{v.name}] {e.name}: score {_fmt(head['score'])}, pass rate {_fmt(head['pass_rate'])} (n={len(scores)})")
         del model
         run.update(eval_wall_s=time.perf_counter() - t0, status="finished", finished_at=_now())
-        store.write_run(db, run, train_log, metrics, outputs, samples)
+        store.write_run(db, run, train_log, metrics, outputs, samples, suites)
         specs[v.name], run_ids[v.name] = spec, run_id
         return VariantOutcome(v.name, "finished", run_id, metrics=metrics)
     except KeyboardInterrupt:
@@ -253,6 +265,24 @@ def _run_variant(cfg, v: Variant, inputs: Inputs, policy: DevicePolicy, db: Path
         run.setdefault("artifact_json", None)
         store.write_run(db, run, train_log, [], [], [])
         return VariantOutcome(v.name, "failed", run_id, message)
+
+
+def suite_row(suite: str, rubric: Rubric, slices: list[str], n: int, gen_hash: str | None) -> dict:
+    return {"suite": suite, "rubric": rubric.name, "rubric_json": json.dumps(rubric.model_dump(mode="json", by_alias=True)),
+            "pass_threshold": rubric.pass_threshold, "slices": json.dumps(list(slices)), "n": n, "gen_hash": gen_hash}
+
+
+def output_rows(suite: str, examples, texts: list[str], scores) -> list[dict]:
+    return [{"suite": suite, "sample_id": ex.id, "prompt": ex.prompt_text(), "reference": ex.reference,
+             "output": out, "score": s.score, "passed": s.passed, "fields": json.dumps(ex.fields, ensure_ascii=False)}
+            for ex, out, s in zip(examples, texts, scores)]
+
+
+def sample_rows(suite: str, scores) -> list[dict]:
+    return [{"suite": suite, "sample_id": s.sample_id, "criterion": c.criterion, "score": c.score,
+             "weight": c.weight, "required": c.required, "reason": c.reason,
+             "detail": None if c.detail is None else json.dumps(c.detail, ensure_ascii=False)}
+            for s in scores for c in s.criteria]
 
 
 def _train_or_reuse(v: Variant, start: ModelSpec, data: Dataset, out_dir: Path, policy: DevicePolicy, exp,

@@ -17,7 +17,7 @@ import duckdb
 
 from harness.errors import UserError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_info (key VARCHAR PRIMARY KEY, value VARCHAR);
@@ -28,6 +28,7 @@ CREATE TABLE IF NOT EXISTS runs (
     method VARCHAR NOT NULL,
     status VARCHAR NOT NULL,            -- finished | failed
     config_hash VARCHAR NOT NULL,       -- content hash: variant config, parent, data, model, harness version
+    train_hash VARCHAR,                 -- content hash of what shapes the weights (null: external outputs)
     parent_run_id VARCHAR,              -- the variant it started from (init_from)
     base_model VARCHAR NOT NULL,
     model_fingerprint VARCHAR,
@@ -58,7 +59,14 @@ CREATE TABLE IF NOT EXISTS metrics (
     suite VARCHAR NOT NULL,             -- the eval set's name
     metric VARCHAR NOT NULL,            -- score | pass_rate | criterion:<name>
     value DOUBLE, ci_low DOUBLE, ci_high DOUBLE, n INTEGER,
-    ci_method VARCHAR                   -- bootstrap-percentile | wilson
+    ci_method VARCHAR,                  -- bootstrap-percentile | wilson
+    slice VARCHAR NOT NULL DEFAULT 'all' -- 'all', or FIELD=VALUE for the samples with that value
+);
+CREATE TABLE IF NOT EXISTS suites (
+    run_id VARCHAR NOT NULL, suite VARCHAR NOT NULL,
+    rubric VARCHAR, rubric_json JSON,   -- the rubric as scored, criteria and threshold included
+    pass_threshold DOUBLE, slices JSON, n INTEGER,
+    gen_hash VARCHAR                    -- content hash of what produced the outputs (model, data, generation)
 );
 CREATE TABLE IF NOT EXISTS outputs (
     run_id VARCHAR NOT NULL, suite VARCHAR NOT NULL, sample_id VARCHAR NOT NULL,
@@ -67,11 +75,19 @@ CREATE TABLE IF NOT EXISTS outputs (
 );
 CREATE TABLE IF NOT EXISTS samples (
     run_id VARCHAR NOT NULL, suite VARCHAR NOT NULL, sample_id VARCHAR NOT NULL,
-    criterion VARCHAR NOT NULL, score DOUBLE, weight DOUBLE, required BOOLEAN, reason VARCHAR
+    criterion VARCHAR NOT NULL, score DOUBLE, weight DOUBLE, required BOOLEAN, reason VARCHAR,
+    detail JSON                         -- per-criterion extras, e.g. the judge's grades and agreement
 );
 """
 
-TABLES = ("runs", "train_log", "metrics", "outputs", "samples")
+# Files written by schema 1 gain the new columns in place on their next write.
+MIGRATIONS = """
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS train_hash VARCHAR;
+ALTER TABLE metrics ADD COLUMN IF NOT EXISTS slice VARCHAR DEFAULT 'all';
+ALTER TABLE samples ADD COLUMN IF NOT EXISTS detail JSON;
+"""
+
+TABLES = ("runs", "train_log", "metrics", "suites", "outputs", "samples")
 
 
 def _connect(path: Path, read_only: bool, timeout_s: float = 60.0) -> duckdb.DuckDBPyConnection:
@@ -102,7 +118,9 @@ def reader(path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
         raise UserError(f"{path}: not a harness results file (no schema_info table)") from None
     if version is None or int(version[0]) != SCHEMA_VERSION:
         con.close()
-        raise UserError(f"{path}: results schema version {version and version[0]}, this harness reads {SCHEMA_VERSION}")
+        older = version is not None and int(version[0]) < SCHEMA_VERSION
+        hint = "; any `harness run` or `harness rescore` writing to it upgrades it" if older else ""
+        raise UserError(f"{path}: results schema version {version and version[0]}, this harness reads {SCHEMA_VERSION}{hint}")
     try:
         yield con
     finally:
@@ -120,13 +138,14 @@ def _insert(con: duckdb.DuckDBPyConnection, table: str, rows: list[dict[str, Any
 
 
 def write_run(path: Path, run: dict[str, Any], train_log: list[dict], metrics: list[dict],
-              outputs: list[dict], samples: list[dict]) -> None:
+              outputs: list[dict], samples: list[dict], suites: list[dict] = ()) -> None:
     """All of one run's rows in one transaction: a reader sees all of them or none."""
     path.parent.mkdir(parents=True, exist_ok=True)
     con = _connect(path, read_only=False)
     try:
         con.execute("BEGIN")
         con.execute(SCHEMA)
+        con.execute(MIGRATIONS)
         con.execute("INSERT OR REPLACE INTO schema_info VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
         for table in TABLES:  # re-writing a run (same run_id) replaces it whole
             con.execute(f"DELETE FROM {table} WHERE run_id = ?", [run["run_id"]])
@@ -136,6 +155,7 @@ def write_run(path: Path, run: dict[str, Any], train_log: list[dict], metrics: l
         _insert(con, "runs", [run])
         _insert(con, "train_log", [{**r, "run_id": run["run_id"]} for r in train_log])
         _insert(con, "metrics", [{**r, "run_id": run["run_id"]} for r in metrics])
+        _insert(con, "suites", [{**r, "run_id": run["run_id"]} for r in suites])
         _insert(con, "outputs", [{**r, "run_id": run["run_id"]} for r in outputs])
         _insert(con, "samples", [{**r, "run_id": run["run_id"]} for r in samples])
         con.execute("COMMIT")
@@ -155,6 +175,35 @@ def finished_run(path: Path, config_hash: str) -> dict[str, Any] | None:
             "SELECT run_id, artifact_json FROM runs WHERE config_hash = ? AND status = 'finished' "
             "ORDER BY finished_at DESC LIMIT 1", [config_hash]).fetchall()
     return {"run_id": rows[0][0], "artifact": json.loads(rows[0][1])} if rows else None
+
+
+def stored_outputs(path: Path, gen_hash: str) -> dict[str, str] | None:
+    """Outputs (sample id → text) of the newest finished run that generated a suite with this
+    content hash: the same model, data and generation settings give the same outputs."""
+    if not path.exists():
+        return None
+    with reader(path) as con:
+        rows = con.execute("""
+            SELECT o.sample_id, o.output FROM outputs o
+            JOIN (SELECT s.run_id, s.suite FROM suites s JOIN runs r USING (run_id)
+                  WHERE s.gen_hash = ? AND r.status = 'finished'
+                  ORDER BY r.finished_at DESC LIMIT 1) s
+              ON o.run_id = s.run_id AND o.suite = s.suite""", [gen_hash]).fetchall()
+    return dict(rows) if rows else None
+
+
+def trained_run(path: Path, train_hash: str) -> tuple[dict[str, Any], list[dict]] | None:
+    """The newest finished run with this training hash and its loss curve: what re-scoring copies."""
+    if not path.exists():
+        return None
+    with reader(path) as con:
+        rows = query(con, "SELECT * FROM runs WHERE train_hash = ? AND status = 'finished' "
+                          "ORDER BY finished_at DESC LIMIT 1", [train_hash])
+        if not rows:
+            return None
+        log = query(con, "SELECT step, loss, learning_rate, extra FROM train_log WHERE run_id = ? ORDER BY step",
+                    [rows[0]["run_id"]])
+    return rows[0], log
 
 
 def query(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> list[dict[str, Any]]:
