@@ -178,15 +178,18 @@ def main() -> None:
 
     write("tickets_train.jsonl", [
         {"prompt": TASK_INSTRUCTION + t["text"], "completion": as_json(t["record"])} for t in train])
+    # Eval samples carry ids, so that outputs of any other system can be matched to them
+    # (`harness score --data`), and the fields the report slices by.
     write("tickets_test.jsonl", [
-        {"prompt": TASK_INSTRUCTION + t["text"], "completion": as_json(t["record"]),
-         "category": t["record"]["category"], "priority": t["record"]["priority"]} for t in test])
+        {"id": f"ticket-{i:03d}", "prompt": TASK_INSTRUCTION + t["text"], "completion": as_json(t["record"]),
+         "category": t["record"]["category"], "priority": t["record"]["priority"]} for i, t in enumerate(test, 1)])
     write("tickets_preference.jsonl", [
         {"prompt": TASK_INSTRUCTION + t["text"], "chosen": as_json(t["record"]),
          "rejected": as_json(wrong_record(rng, t["record"]))} for t in pref])
     write("general_knowledge.jsonl", [
-        {"prompt": q + " Answer in one short sentence.", "completion": answers[0], "answers": answers}
-        for q, answers in GENERAL])
+        {"id": f"general-{i:02d}", "prompt": q + " Answer in one short sentence.", "completion": answers[0],
+         "answers": answers}
+        for i, (q, answers) in enumerate(GENERAL, 1)])
     print(f"wrote {len(train)} train, {len(test)} test, {len(pref)} preference tickets and "
           f"{len(GENERAL)} general questions to {OUT}")
 

@@ -202,6 +202,9 @@ class LlmJudge(_Criterion):
     scale: JudgeScale = JudgeScale()
     model: str = "builtin:smollm2-135m-instruct"
     include_reference: bool = True  # show the reference answer to the judge when the sample has one
+    # First a short explanation, then "GRADE:" is written into the judge's turn and it writes the
+    # grade: small models answer the question instead of grading unless led to the grade line.
+    explain: bool = True
     repeats: int = Field(1, ge=1, le=20)  # >1: sampled re-asks, agreement stored
     temperature: float = Field(0.7, gt=0)  # for repeats > 1 only; one ask is greedy
     seed: int = 0

@@ -23,8 +23,10 @@ def build_messages(prompt: Messages, settings: PromptSettings | None, shots: lis
 
 
 def generate(model, tokenizer, prompts: list[Messages], settings: GenerationSettings, desc: str = "generate",
-             progress: bool = True, temperature: float | None = None, seed: int = 0) -> list[str]:
-    """Greedy unless `temperature` is given (the judge's repeated asks); sampling is seeded."""
+             progress: bool = True, temperature: float | None = None, seed: int = 0,
+             prefixes: list[str] | None = None) -> list[str]:
+    """Greedy unless `temperature` is given (the judge's repeated asks); sampling is seeded.
+    `prefixes`: text the assistant's turn starts with, which the model continues (not returned)."""
     import torch
     from tqdm.auto import tqdm
     from transformers import GenerationConfig
@@ -39,6 +41,8 @@ def generate(model, tokenizer, prompts: list[Messages], settings: GenerationSett
 
     tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
     texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+    if prefixes is not None:
+        texts = [t + prefix for t, prefix in zip(texts, prefixes)]
     lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
     order = sorted(range(len(texts)), key=lambda i: -lengths[i])
     outputs: list[str | None] = [None] * len(texts)

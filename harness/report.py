@@ -73,14 +73,20 @@ def render(db: Path, experiment: str | None = None) -> str:
         ids = [r["run_id"] for r in runs]
         metrics = store.query(con, "SELECT * FROM metrics WHERE list_contains(?, run_id)", [ids])
         outputs = store.query(con, "SELECT * FROM outputs WHERE list_contains(?, run_id) ORDER BY suite, sample_id", [ids])
+        suite_rows = store.query(con, "SELECT * FROM suites WHERE list_contains(?, run_id)", [ids])
         reasons = store.query(
             con, "SELECT run_id, suite, sample_id, string_agg(criterion || ': ' || reason, '; ' ORDER BY criterion) "
             "AS why FROM samples WHERE list_contains(?, run_id) AND score < 1 GROUP BY ALL", [ids])
 
     by_run = defaultdict(dict)
+    by_slice = defaultdict(dict)  # (suite, slice) -> run_id -> pass-rate row
     for m in metrics:
-        by_run[m["run_id"]][(m["suite"], m["metric"])] = m
+        if m["slice"] == "all":
+            by_run[m["run_id"]][(m["suite"], m["metric"])] = m
+        elif m["metric"] == "pass_rate":
+            by_slice[(m["suite"], m["slice"])][m["run_id"]] = m
     suites = list(dict.fromkeys(m["suite"] for m in metrics))
+    rubric_of = {s["suite"]: s for s in suite_rows}
     experiments = list(dict.fromkeys(r["experiment"] for r in runs))
     title = ", ".join(experiments)
     gen = json.loads(runs[0]["generation_json"] or "{}")
@@ -98,6 +104,10 @@ def render(db: Path, experiment: str | None = None) -> str:
 
     for suite in suites:
         parts.append(f"<h2>{escape(suite)}</h2>")
+        if suite in rubric_of:
+            rb = rubric_of[suite]
+            parts.append(f"<p class='meta'>Rubric <b>{escape(rb['rubric'] or '')}</b>: a sample passes when its weighted "
+                         f"score is at least {rb['pass_threshold']:g} and every required criterion is met.</p>")
         best = max((by_run[r["run_id"]].get((suite, "score"), {}).get("value") or -1) for r in runs)
         crit_names = sorted({k[1] for rid in ids for k in by_run[rid] if k[0] == suite and k[1].startswith("criterion:")})
         parts.append("<table><tr><th>variant</th><th>method</th><th>score</th><th>pass rate</th>"
@@ -119,6 +129,17 @@ def render(db: Path, experiment: str | None = None) -> str:
                          + "".join(f"<td class='num'>{_num((m.get((suite, c)) or {}).get('value'))}</td>" for c in crit_names)
                          + f"{_cost_cells(r)}</tr>")
         parts.append("</table>")
+        slices = sorted(k[1] for k in by_slice if k[0] == suite)
+        if slices:
+            finished = [r for r in runs if r["status"] == "finished"]
+            parts.append("<h3>Pass rate per slice</h3><table><tr><th>slice</th><th>n</th>"
+                         + "".join(f"<th>{escape(r['variant'])}</th>" for r in finished) + "</tr>")
+            for sl in slices:
+                cells = by_slice[(suite, sl)]
+                n = next((c["n"] for c in cells.values()), None)
+                parts.append(f"<tr><td>{escape(sl)}</td><td class='num'>{_int(n)}</td>"
+                             + "".join(f"<td>{_bar(cells.get(r['run_id']))}</td>" for r in finished) + "</tr>")
+            parts.append("</table>")
 
     why = {(x["run_id"], x["suite"], x["sample_id"]): x["why"] for x in reasons}
     variant_of = {r["run_id"]: r["variant"] for r in runs}

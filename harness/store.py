@@ -154,7 +154,7 @@ def write_run(path: Path, run: dict[str, Any], train_log: list[dict], metrics: l
                 run = {**run, key: json.dumps(run[key], sort_keys=True)}
         _insert(con, "runs", [run])
         _insert(con, "train_log", [{**r, "run_id": run["run_id"]} for r in train_log])
-        _insert(con, "metrics", [{**r, "run_id": run["run_id"]} for r in metrics])
+        _insert(con, "metrics", [{"slice": "all", **r, "run_id": run["run_id"]} for r in metrics])
         _insert(con, "suites", [{**r, "run_id": run["run_id"]} for r in suites])
         _insert(con, "outputs", [{**r, "run_id": run["run_id"]} for r in outputs])
         _insert(con, "samples", [{**r, "run_id": run["run_id"]} for r in samples])

@@ -2,6 +2,7 @@ import os
 import shutil
 from pathlib import Path
 
+import duckdb
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,3 +37,28 @@ def project(tmp_path):
 def artifacts_dir():
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+@pytest.fixture(scope="session")
+def smoke(tmp_path_factory):
+    """One run of experiments/smoke.yaml (all six methods on the tiny model) through the CLI, shared
+    by the tests that read what it left: exit code, results file, report. Tests that change the
+    results work on a copy."""
+    from harness.cli import main
+
+    root = tmp_path_factory.mktemp("smoke")
+    (root / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    shutil.copytree(ROOT / "experiments", root / "experiments")
+    shutil.copytree(ROOT / "rubrics", root / "rubrics")
+    db = root / "results" / "smoke.duckdb"
+    report = root / "reports" / "smoke.html"
+    code = main(["run", str(root / "experiments" / "smoke.yaml"), "--db", str(db), "--report", str(report), "--quiet"])
+    return {"root": root, "db": db, "report": report, "code": code}
+
+
+def rows(db, sql, params=()):
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return con.execute(sql, list(params)).fetchall()
+    finally:
+        con.close()

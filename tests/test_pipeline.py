@@ -1,40 +1,18 @@
 """End to end on the tiny random model: every method trains with TRL, is evaluated, stored and reported.
 
-One run of experiments/smoke.yaml (six variants) is shared by the tests of this module; each test
-reads what that run left behind, as a user would: the CLI's exit code and output, the DuckDB file
-and the HTML report.
+One run of experiments/smoke.yaml (six variants, the `smoke` fixture in conftest.py) is shared by the
+tests; each test reads what that run left behind, as a user would: the CLI's exit code and output,
+the DuckDB file and the HTML report.
 """
 
 import json
 import shutil
-from pathlib import Path
 
 import duckdb
 import pytest
+from conftest import rows
 
 from harness.cli import main
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    root = tmp_path_factory.mktemp("smoke")
-    (root / "pyproject.toml").write_text("[project]\nname = 'x'\n")
-    shutil.copytree(ROOT / "experiments", root / "experiments")
-    shutil.copytree(ROOT / "rubrics", root / "rubrics")
-    db = root / "results" / "smoke.duckdb"
-    report = root / "reports" / "smoke.html"
-    code = main(["run", str(root / "experiments" / "smoke.yaml"), "--db", str(db), "--report", str(report), "--quiet"])
-    return {"root": root, "db": db, "report": report, "code": code}
-
-
-def rows(db, sql, params=()):
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return con.execute(sql, list(params)).fetchall()
-    finally:
-        con.close()
 
 
 def test_every_method_finishes(smoke):
@@ -74,7 +52,7 @@ def test_one_row_per_sample_and_criterion(smoke):
     assert n_outputs == 12 and n_samples == 12 * 5
     metrics = rows(smoke["db"], """
         SELECT metric, value, ci_low, ci_high, n FROM metrics m JOIN runs r USING (run_id)
-        WHERE variant = 'base' AND suite = 'tickets' ORDER BY metric""")
+        WHERE variant = 'base' AND suite = 'tickets' AND slice = 'all' ORDER BY metric""")
     names = [m[0] for m in metrics]
     assert "score" in names and "pass_rate" in names and "criterion:valid_json" in names
     for _, value, lo, hi, n in metrics:
@@ -107,6 +85,8 @@ def test_report_and_ls(smoke, capsys):
     for name in ("base", "prompt", "sft", "lora", "qlora", "dpo"):
         assert f"<td>{name}</td>" in html or f"<td class='best'>{name}</td>" in html
     assert "<script" not in html  # the report runs no code at all
+    assert "a sample passes when its weighted score is at least 1 and every required criterion is met" in html
+    assert "Pass rate per slice" in html and "category=billing" in html and "priority=urgent" in html
     assert main(["ls", "--db", str(smoke["db"])]) == 0
     listing = capsys.readouterr().out
     assert "qlora" in listing and "finished" in listing

@@ -174,3 +174,24 @@ def test_schema_from_a_file(tmp_path):
     rubric = load_rubric(path)
     assert score_sample(rubric, '{"name": "x"}', ex()).passed
     assert not score_sample(rubric, '{"nom": "x"}', ex()).passed
+
+
+def test_every_one_line_example_in_the_readme_is_a_valid_criterion(tmp_path, monkeypatch):
+    """The README's criteria table stays true: each example loads as a rubric of its own."""
+    import re
+    import shutil
+
+    from conftest import ROOT
+
+    (tmp_path / "pyproject.toml").write_text("")
+    shutil.copytree(ROOT / "rubrics", tmp_path / "rubrics")
+    (tmp_path / "my_checks.py").write_text("def polite(output, sample):\n    return 1.0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    readme = (ROOT / "README.md").read_text()
+    examples = re.findall(r"^\| `(\w+)` \| `(\{.*?\})` \|", readme, re.MULTILINE)
+    assert len(examples) == 17
+    for kind, example in examples:
+        path = tmp_path / f"{kind}.yaml"
+        path.write_text(f"name: r\npass_threshold: 1\ncriteria:\n  - {example}\n")
+        (criterion,) = load_rubric(path).criteria
+        assert criterion.type == kind
