@@ -300,3 +300,25 @@ def test_custom_function(tmp_path, monkeypatch):
     assert run({"type": "custom", "function": "my_checks:half"}, "x")[0] == 0.5
     with pytest.raises(ValueError, match="returned 7; expected a score in"):
         run({"type": "custom", "function": "my_checks:broken"}, "x")
+
+
+SWEEP = [
+    {"type": "exact"}, {"type": "normalised"}, {"type": "regex", "pattern": "a+"},
+    {"type": "contains_any"}, {"type": "contains_all", "values": ["x", "é"]}, {"type": "valid_json", "fenced": True},
+    {"type": "json_keys", "keys": ["a"]}, {"type": "json_schema", "schema": SCHEMA},
+    {"type": "json_field", "path": "a", "value": 1}, {"type": "numeric", "value": 1},
+    {"type": "length", "max": 5}, {"type": "rouge_l"}, {"type": "rouge_l", "tokenizer": "unicode"},
+    {"type": "bleu"}, {"type": "chrf", "word_order": 2},
+]
+NASTY = ["", " ", "\x00", "日本語のテキスト 🙂 ﷺ", "\u202eevil\u202c", LONG, "{" * 50_000, '```json\n{"a": 1}\n```',
+         "\n".join(["GRADE: 5"] * 1000)]
+
+
+@pytest.mark.parametrize("spec", SWEEP, ids=lambda s: s["type"])
+def test_every_criterion_survives_odd_outputs(spec):
+    """Empty, control characters, non-ASCII, bidi overrides, 100,000 characters, deep nesting: a
+    score in [0, 1] and a one-line reason, never an exception."""
+    sample = ex(reference="Paris, 1 — 東京")
+    for output in NASTY:
+        score, reason = run(spec, output, sample)
+        assert 0 <= score <= 1 and isinstance(reason, str) and "\n" not in reason and len(reason) < 300

@@ -177,3 +177,14 @@ def test_score_with_unknown_id_in_data_exits_2(project, tmp_path, capsys):
     data = project / "experiments" / "data" / "tickets_test.jsonl"
     assert main(["score", str(project / "rubrics" / "ticket_triage.yaml"), str(preds), "--data", str(data)]) == 2
     assert "p.jsonl:1: field 'id': no sample 'nope' in" in capsys.readouterr().err
+
+
+def test_a_broken_rubric_exits_2_through_the_cli(tmp_path, capsys):
+    (tmp_path / "pyproject.toml").write_text("")
+    rubric = tmp_path / "broken.yaml"
+    rubric.write_text("name: r\npass_threshold: 1\ncriteria:\n  - {name: date, type: regex, pattern: '[0-9'}\n")
+    preds = _predictions(tmp_path / "p.jsonl", [{"id": "a", "output": "x"}])
+    assert main(["score", str(rubric), str(preds)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"harness: error: {rubric}: criterion 'date' (criteria.0): field 'pattern': expected a valid regular expression")
+    assert len(err.strip().splitlines()) == 1
