@@ -80,6 +80,7 @@ def _quiet_libraries() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # "Loading weights" bars between our own progress lines
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     from datasets.utils import logging as ds_logging
 
@@ -171,7 +172,7 @@ def cmd_ls(args) -> int:
         rows = store.query(con, """
             SELECT r.experiment, r.variant, r.method, r.status, r.run_id, r.finished_at,
                    r.train_wall_s, m.suite, m.value, m.ci_low, m.ci_high
-            FROM runs r LEFT JOIN metrics m ON m.run_id = r.run_id AND m.metric = 'score'
+            FROM runs r LEFT JOIN metrics m ON m.run_id = r.run_id AND m.metric = 'score' AND m.slice = 'all'
             WHERE ? IS NULL OR r.experiment = ?
             ORDER BY r.experiment, r.started_at, m.suite""", [args.experiment, args.experiment])
     if not rows:

@@ -90,6 +90,8 @@ def test_report_and_ls(smoke, capsys):
     assert main(["ls", "--db", str(smoke["db"])]) == 0
     listing = capsys.readouterr().out
     assert "qlora" in listing and "finished" in listing
+    # One line per run and eval set: slices do not multiply the listing.
+    assert sum(" qlora " in line for line in listing.splitlines()) == 2
 
 
 def test_report_escapes_model_output(smoke, tmp_path):
