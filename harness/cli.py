@@ -149,9 +149,10 @@ def cmd_score(args) -> int:
         print(format_metrics(metrics))
     if args.db is not None:
         variant = args.variant or args.predictions.stem
-        run_id = store_external(args.db, args.experiment, variant, args.suite or rubric.name, args.system, rubric,
-                                examples, outputs, scores, metrics, args.slice, sha)
-        print(f"stored as {run_id} in {args.db}", file=sys.stderr if args.format == "json" else sys.stdout)
+        run_id, new = store_external(args.db, args.experiment, variant, args.suite or rubric.name, args.system, rubric,
+                                     examples, outputs, scores, metrics, args.slice, sha)
+        said = "stored as" if new else "already stored, unchanged, as"
+        print(f"{said} {run_id} in {args.db}", file=sys.stderr if args.format == "json" else sys.stdout)
     return 0
 
 

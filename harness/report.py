@@ -30,7 +30,7 @@ th{background:#f5f7f9;font-weight:600} td.num{text-align:right;font-variant-nume
 .ci-txt{color:#5b6670;font-size:.85em} .best{font-weight:700}
 .pass{color:#15803d;font-weight:600} .fail{color:#b91c1c;font-weight:600} .failed{color:#b91c1c}
 pre{white-space:pre-wrap;word-break:break-word;margin:0;font:12.5px/1.4 ui-monospace,Consolas,monospace;background:#f7f8fa;padding:.35rem;border-radius:4px}
-.sample{margin:1rem 0 1.6rem} .sample h4{margin:.2rem 0}
+.wide{overflow-x:auto} .sample{margin:1rem 0 1.6rem} .sample h4{margin:.2rem 0}
 """
 
 
@@ -89,15 +89,17 @@ def render(db: Path, experiment: str | None = None) -> str:
     rubric_of = {s["suite"]: s for s in suite_rows}
     experiments = list(dict.fromkeys(r["experiment"] for r in runs))
     title = ", ".join(experiments)
-    gen = json.loads(runs[0]["generation_json"] or "{}")
+    # The header describes the tuned variants; outputs stored from other systems carry no model settings.
+    head = next((r for r in runs if r["method"] != "external"), runs[0])
+    gen = json.loads(head["generation_json"] or "{}")
 
     parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{escape(title)} — harness report</title>"
              f"<style>{CSS}</style></head><body>"]
     parts.append(f"<h1>{escape(title)}</h1>")
     parts.append(
-        f"<p class='meta'>Base model <b>{escape(runs[0]['base_model'])}</b> · device {escape(str(runs[0]['device']))} "
-        f"({escape(str(runs[0]['dtype']))}) · seed {runs[0]['seed']} · greedy decoding, at most "
-        f"{escape(str(gen.get('max_new_tokens')))} new tokens · harness {escape(runs[0]['harness_version'])} · "
+        f"<p class='meta'>Base model <b>{escape(head['base_model'])}</b> · device {escape(str(head['device']))} "
+        f"({escape(str(head['dtype']))}) · seed {head['seed']} · greedy decoding, at most "
+        f"{escape(str(gen.get('max_new_tokens')))} new tokens · harness {escape(head['harness_version'])} · "
         f"report written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from {escape(str(db))}</p>")
     parts.append("<p class='meta'>Intervals are 95%: percentile bootstrap for mean scores, Wilson for pass rates. "
                  "Every variant is scored on the same samples.</p>")
@@ -110,7 +112,7 @@ def render(db: Path, experiment: str | None = None) -> str:
                          f"score is at least {rb['pass_threshold']:g} and every required criterion is met.</p>")
         best = max((by_run[r["run_id"]].get((suite, "score"), {}).get("value") or -1) for r in runs)
         crit_names = sorted({k[1] for rid in ids for k in by_run[rid] if k[0] == suite and k[1].startswith("criterion:")})
-        parts.append("<table><tr><th>variant</th><th>method</th><th>score</th><th>pass rate</th>"
+        parts.append("<div class='wide'><table><tr><th>variant</th><th>method</th><th>score</th><th>pass rate</th>"
                      + "".join(f"<th>{escape(c.removeprefix('criterion:'))}</th>" for c in crit_names)
                      + "<th>train time</th><th>eval time</th><th>peak memory</th><th>trainable params</th>"
                        "<th>train tokens</th></tr>")
@@ -128,7 +130,7 @@ def render(db: Path, experiment: str | None = None) -> str:
                          f"<td>{_bar(score)}</td><td>{_bar(m.get((suite, 'pass_rate')))}</td>"
                          + "".join(f"<td class='num'>{_num((m.get((suite, c)) or {}).get('value'))}</td>" for c in crit_names)
                          + f"{_cost_cells(r)}</tr>")
-        parts.append("</table>")
+        parts.append("</table></div>")
         slices = sorted(k[1] for k in by_slice if k[0] == suite)
         if slices:
             finished = [r for r in runs if r["status"] == "finished"]

@@ -268,4 +268,9 @@ def _metrics(scores: list[SampleScore]) -> list[dict]:
             method = "bootstrap-percentile"
         rows.append({"metric": f"criterion:{c.criterion}", "value": sum(vals) / n, "ci_low": lo, "ci_high": hi,
                      "n": n, "ci_method": method})
+        if c.detail is not None and "agreement" in c.detail:  # a judge asked several times
+            agree = [s.criteria[j].detail["agreement"] for s in scores]
+            lo, hi = bootstrap_mean_ci(agree)
+            rows.append({"metric": f"agreement:{c.criterion}", "value": sum(agree) / n, "ci_low": lo, "ci_high": hi,
+                         "n": n, "ci_method": "bootstrap-percentile"})
     return rows

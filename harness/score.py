@@ -89,12 +89,17 @@ def score_predictions(rubric: Rubric, rubric_path: Path, examples: list[Example]
 
 def store_external(db: Path, experiment: str, variant: str, suite: str, system: str, rubric: Rubric,
                    examples: list[Example], outputs: list[str], scores, metrics: list[dict], slices: list[str],
-                   predictions_sha: str) -> str:
+                   predictions_sha: str) -> tuple[str, bool]:
+    """(run_id, stored now): the same outputs, rubric and names already stored are not stored twice."""
     from harness.run import output_rows, sample_rows, suite_row
 
     now = datetime.now(timezone.utc).replace(tzinfo=None)
     config_hash = content_hash({"predictions": predictions_sha, "rubric": rubric.model_dump(mode="json"),
-                                "slices": slices, "suite": suite})
+                                "slices": slices, "suite": suite, "experiment": experiment, "variant": variant,
+                                "system": system, "harness": __version__})
+    done = store.finished_run(db, config_hash)
+    if done:
+        return done["run_id"], False
     run_id = f"{experiment}/{variant}/{config_hash[:10]}-{now.strftime('%Y%m%dT%H%M%S%f')}"
     run = {"run_id": run_id, "experiment": experiment, "variant": variant, "method": "external",
            "status": "finished", "config_hash": config_hash, "base_model": system, "harness_version": __version__,
@@ -102,7 +107,7 @@ def store_external(db: Path, experiment: str, variant: str, suite: str, system: 
            "started_at": now, "finished_at": now}
     store.write_run(db, run, [], [{**r, "suite": suite} for r in metrics], output_rows(suite, examples, outputs, scores),
                     sample_rows(suite, scores), [suite_row(suite, rubric, slices, len(examples), None)])
-    return run_id
+    return run_id, True
 
 
 def format_metrics(metrics: list[dict]) -> str:

@@ -174,7 +174,9 @@ def finished_run(path: Path, config_hash: str) -> dict[str, Any] | None:
         rows = con.execute(
             "SELECT run_id, artifact_json FROM runs WHERE config_hash = ? AND status = 'finished' "
             "ORDER BY finished_at DESC LIMIT 1", [config_hash]).fetchall()
-    return {"run_id": rows[0][0], "artifact": json.loads(rows[0][1])} if rows else None
+    if not rows:
+        return None
+    return {"run_id": rows[0][0], "artifact": json.loads(rows[0][1]) if rows[0][1] else None}
 
 
 def stored_outputs(path: Path, gen_hash: str) -> dict[str, str] | None:
@@ -212,11 +214,13 @@ def query(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) 
     return [dict(zip(names, row)) for row in cur.fetchall()]
 
 
+# Variants in the order they were first run (re-scoring does not move them); external outputs last.
 LATEST_RUNS = """
 SELECT * FROM runs r
 WHERE (? IS NULL OR experiment = ?)
 QUALIFY row_number() OVER (PARTITION BY experiment, variant ORDER BY finished_at DESC) = 1
-ORDER BY experiment, started_at
+ORDER BY experiment, method = 'external',
+         (SELECT min(f.started_at) FROM runs f WHERE f.experiment = r.experiment AND f.variant = r.variant)
 """
 
 

@@ -11,7 +11,7 @@ from harness import judge
 from harness.criteria import LlmJudge
 from harness.data import Example
 from harness.models import cache_dir
-from harness.rubric import Rubric, score_samples
+from harness.rubric import Rubric, score_samples, suite_metrics
 
 JUDGE = {"type": "llm_judge", "name": "helpful", "instructions": "Is the answer correct and helpful?",
          "scale": {"min": 1, "max": 5, "labels": {1: "wrong", 5: "correct and complete"}}}
@@ -133,6 +133,9 @@ def test_repeats_store_every_grade_and_the_agreement():
         assert len(d["grades"]) == 3 and 0 <= d["agreement"] <= 1
     again = score_samples(rubric, ["a", "b"], [ex(0), ex(1)])
     assert [s.criteria[0] for s in again] == [s.criteria[0] for s in out]  # seeded, and cached
+    rows = {r["metric"]: r for r in suite_metrics(out)}
+    mean_agreement = sum(s.criteria[0].detail["agreement"] for s in out) / 2
+    assert rows["agreement:helpful"]["value"] == pytest.approx(mean_agreement)
 
 
 @pytest.mark.slow

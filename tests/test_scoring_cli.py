@@ -134,6 +134,12 @@ def test_score_stores_an_external_run_beside_the_variants(copy, tmp_path, capsys
                  "--slice", "category", "--db", str(copy["db"]), "--experiment", "smoke", "--suite", "tickets",
                  "--system", "hosted-model-v1"]) == 0
     assert "stored as smoke/hosted/" in capsys.readouterr().out
+    args = ["score", str(copy["root"] / "rubrics" / "ticket_triage.yaml"), str(preds), "--data", str(data),
+            "--slice", "category", "--db", str(copy["db"]), "--experiment", "smoke", "--suite", "tickets",
+            "--system", "hosted-model-v1"]
+    assert main(args) == 0  # the same outputs again: nothing new stored
+    assert "already stored, unchanged, as smoke/hosted/" in capsys.readouterr().out
+    assert rows(copy["db"], "SELECT count(*) FROM runs WHERE variant = 'hosted'") == [(1,)]
     (method, status, base, train_hash), = rows(copy["db"], "SELECT method, status, base_model, train_hash FROM runs WHERE variant = 'hosted'")
     assert (method, status, base, train_hash) == ("external", "finished", "hosted-model-v1", None)
     (value, n), = rows(copy["db"], """SELECT value, n FROM metrics JOIN runs USING (run_id)
@@ -188,3 +194,19 @@ def test_a_broken_rubric_exits_2_through_the_cli(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith(f"harness: error: {rubric}: criterion 'date' (criteria.0): field 'pattern': expected a valid regular expression")
     assert len(err.strip().splitlines()) == 1
+
+
+def test_the_readme_keyword_baseline_scores_through_the_cli(project, tmp_path, capsys):
+    import subprocess
+    import sys
+
+    script = ROOT / "experiments" / "keyword_baseline.py"
+    preds = tmp_path / "keywords.jsonl"
+    preds.write_text(subprocess.run([sys.executable, str(script)], check=True, capture_output=True, text=True).stdout)
+    data = ROOT / "experiments" / "data" / "tickets_test.jsonl"
+    assert len(preds.read_text().splitlines()) == len(data.read_text().splitlines())
+    assert main(["score", str(project / "rubrics" / "ticket_triage.yaml"), str(preds), "--data", str(data),
+                 "--format", "json"]) == 0
+    overall = {m["metric"]: m for m in map(json.loads, capsys.readouterr().out.splitlines()) if m["slice"] == "all"}
+    assert overall["criterion:valid_json"]["value"] == 1.0  # rules always write a well-formed record
+    assert 0.5 < overall["pass_rate"]["value"] < 1.0  # ... and get most, not all, labels right
