@@ -27,23 +27,20 @@ def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="harness", description="Evaluation-centric fine-tuning experiments.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    r = sub.add_parser("run", help="train and evaluate every variant of an experiment file")
-    r.add_argument("experiment", type=Path, help="experiment file (YAML)")
-    r.add_argument("--db", type=Path, default=DEFAULT_DB, help=f"results file (default {DEFAULT_DB})")
-    r.add_argument("--artifacts", type=Path, default=None,
-                   help="where trained models go (default: 'artifacts' beside the results file)")
-    r.add_argument("--report", type=Path, default=None, help="report path (default reports/EXPERIMENT.html)")
-    r.add_argument("--only", action="append", metavar="VARIANT", help="run only this variant (repeatable)")
-    r.add_argument("--force", action="store_true", help="re-run variants even if already finished")
-    r.add_argument("--quiet", action="store_true", help="no progress bars")
-
-    rs = sub.add_parser("rescore", help="re-score stored outputs with the experiment's current rubrics (no training, no generation)")
-    rs.add_argument("experiment", type=Path, help="experiment file (YAML)")
-    rs.add_argument("--db", type=Path, default=DEFAULT_DB, help=f"results file (default {DEFAULT_DB})")
-    rs.add_argument("--report", type=Path, default=None, help="report path (default reports/EXPERIMENT.html)")
-    rs.add_argument("--only", action="append", metavar="VARIANT", help="re-score only this variant (repeatable)")
-    rs.add_argument("--force", action="store_true", help="re-score even where nothing changed")
-    rs.add_argument("--quiet", action="store_true", help="no progress bars")
+    for name, help_, verb in (
+            ("run", "train and evaluate every variant of an experiment file", "run"),
+            ("rescore", "re-score stored outputs with the experiment's current rubrics (no training, no generation)",
+             "re-score")):
+        r = sub.add_parser(name, help=help_)
+        r.add_argument("experiment", type=Path, help="experiment file (YAML)")
+        r.add_argument("--db", type=Path, default=DEFAULT_DB, help=f"results file (default {DEFAULT_DB})")
+        if name == "run":
+            r.add_argument("--artifacts", type=Path, default=None,
+                           help="where trained models go (default: 'artifacts' beside the results file)")
+        r.add_argument("--report", type=Path, default=None, help="report path (default reports/EXPERIMENT.html)")
+        r.add_argument("--only", action="append", metavar="VARIANT", help=f"{verb} only this variant (repeatable)")
+        r.add_argument("--force", action="store_true", help=f"{verb} variants even if already finished")
+        r.add_argument("--quiet", action="store_true", help="no progress bars")
 
     sc = sub.add_parser("score", help="score a JSONL of outputs from any system with a rubric")
     sc.add_argument("rubric", type=Path, help="rubric file (YAML)")

@@ -108,18 +108,23 @@ def parse_row(row: Any, kind: Kind) -> Example:
     return Example(id=row_id, prompt=_messages(row["prompt"], "user", "prompt"), completion=completion, fields=rest)
 
 
-def load_jsonl(path: Path, kind: Kind, limit: int | None = None) -> Dataset:
-    """Read and validate a whole file; any bad line is a UserError naming the file and line."""
+def read_utf8(path: Path, what: str) -> tuple[bytes, str]:
+    """(bytes, text) of a JSONL file; a missing file or bad encoding is a UserError naming the line."""
     if not path.exists():
-        raise UserError(f"{path}: data file not found")
+        raise UserError(f"{path}: {what} not found")
     if not path.is_file():
         raise UserError(f"{path}: expected a JSONL file, got a directory")
     blob = path.read_bytes()
     try:
-        text = blob.decode("utf-8")
+        return blob, blob.decode("utf-8")
     except UnicodeDecodeError as e:
         line = blob[: e.start].count(b"\n") + 1
         raise UserError(f"{path}:{line}: expected UTF-8 text") from None
+
+
+def load_jsonl(path: Path, kind: Kind, limit: int | None = None) -> Dataset:
+    """Read and validate a whole file; any bad line is a UserError naming the file and line."""
+    blob, text = read_utf8(path, "data file")
     examples: list[Example] = []
     seen: set[str] = set()
     for lineno, line in enumerate(text.splitlines(), start=1):

@@ -132,6 +132,7 @@ def run_experiment(cfg: Config, db: Path, artifacts: Path, force: bool = False, 
     inputs = load_inputs(cfg)
     hashes = variant_hashes(cfg, inputs)
     policy = policy or device_policy()
+    store.upgrade(db)  # a file from an older harness gains the new columns before lookups read them
 
     wanted = set(only) if only else None
     if wanted:

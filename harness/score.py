@@ -17,21 +17,14 @@ from pathlib import Path
 
 from harness import __version__, store
 from harness.config import content_hash
-from harness.data import Example, load_jsonl
+from harness.data import Example, load_jsonl, read_utf8
 from harness.errors import UserError
 from harness.rubric import Rubric, check_rubric_fits, check_slices, score_samples, suite_metrics
 
 
 def load_predictions(path: Path, data: Path | None = None) -> tuple[list[Example], list[str], str]:
     """(examples, outputs, sha256 of the file); every bad line is a UserError naming file and line."""
-    if not path.is_file():
-        raise UserError(f"{path}: predictions file not found")
-    blob = path.read_bytes()
-    try:
-        text = blob.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = blob[: e.start].count(b"\n") + 1
-        raise UserError(f"{path}:{line}: expected UTF-8 text") from None
+    blob, text = read_utf8(path, "predictions file")
     samples = {ex.id: ex for ex in load_jsonl(data, "eval").examples} if data else None
     examples, outputs, seen = [], [], set()
     for lineno, line in enumerate(text.splitlines(), start=1):
@@ -97,6 +90,7 @@ def store_external(db: Path, experiment: str, variant: str, suite: str, system: 
     config_hash = content_hash({"predictions": predictions_sha, "rubric": rubric.model_dump(mode="json"),
                                 "slices": slices, "suite": suite, "experiment": experiment, "variant": variant,
                                 "system": system, "harness": __version__})
+    store.upgrade(db)
     done = store.finished_run(db, config_hash)
     if done:
         return done["run_id"], False

@@ -96,8 +96,9 @@ def _connect(path: Path, read_only: bool, timeout_s: float = 60.0) -> duckdb.Duc
     while True:
         try:
             return duckdb.connect(str(path), read_only=read_only)
-        except duckdb.IOException:
-            if time.monotonic() > deadline:
+        except duckdb.IOException as e:
+            # Only a lock held by another process is worth waiting for; anything else is final.
+            if "lock" not in str(e).lower() or time.monotonic() > deadline:
                 raise
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
@@ -135,6 +136,29 @@ def _insert(con: duckdb.DuckDBPyConnection, table: str, rows: list[dict[str, Any
     columns = [r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()]
     arrow = pa.Table.from_pylist([{c: row.get(c) for c in columns} for row in rows])  # noqa: F841
     con.execute(f"INSERT INTO {table} SELECT * FROM arrow")
+
+
+def upgrade(path: Path) -> None:
+    """Bring a results file written by an older harness to this schema (columns added in place),
+    before anything reads it with this schema in mind. A missing file is left alone."""
+    if not path.exists():
+        return
+    con = _connect(path, read_only=False)
+    try:
+        version = None
+        try:
+            version = con.execute("SELECT value FROM schema_info WHERE key = 'schema_version'").fetchone()
+        except duckdb.CatalogException:
+            pass
+        if version is None or int(version[0]) >= SCHEMA_VERSION:
+            return  # not ours (the reader says so), or current
+        con.execute("BEGIN")
+        con.execute(SCHEMA)
+        con.execute(MIGRATIONS)
+        con.execute("INSERT OR REPLACE INTO schema_info VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
+        con.execute("COMMIT")
+    finally:
+        con.close()
 
 
 def write_run(path: Path, run: dict[str, Any], train_log: list[dict], metrics: list[dict],

@@ -62,3 +62,23 @@ def test_readers_refuse_other_files(tmp_path):
     with pytest.raises(UserError, match="not a readable DuckDB results file"):
         with store.reader(text):
             pass
+
+
+def test_a_schema_1_file_is_upgraded_in_place(tmp_path):
+    db = tmp_path / "old.duckdb"
+    store.write_run(db, run_row(), [], [{"suite": "s", "metric": "score", "value": 0.5, "ci_low": 0.4,
+                                         "ci_high": 0.6, "n": 10, "ci_method": "bootstrap-percentile"}], [], [])
+    con = duckdb.connect(str(db))  # make it what harness 0.1 of issue 2 wrote: schema 1
+    con.execute("ALTER TABLE metrics DROP COLUMN slice; ALTER TABLE samples DROP COLUMN detail; "
+                "ALTER TABLE runs DROP COLUMN train_hash; DROP TABLE suites; "
+                "UPDATE schema_info SET value = '1' WHERE key = 'schema_version'")
+    con.close()
+    with pytest.raises(UserError, match="schema version 1, this harness reads 2; any `harness run`"):
+        with store.reader(db):
+            pass
+    store.upgrade(db)
+    with store.reader(db) as con:
+        assert con.execute("SELECT slice, value FROM metrics").fetchall() == [("all", 0.5)]
+        assert con.execute("SELECT count(*) FROM suites").fetchone() == (0,)
+        assert con.execute("SELECT train_hash FROM runs").fetchone() == (None,)
+    assert store.finished_run(db, run_row()["config_hash"])["run_id"] == "e/v/1"
