@@ -53,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("--variant", default=None, help="variant name to store under (default: the predictions file's name)")
     sc.add_argument("--suite", default=None, help="eval set name to store under (default: the rubric's name)")
     sc.add_argument("--system", default="external", help="what produced the outputs, e.g. a hosted model's name")
+    sc.add_argument("--baseline", default="base", help="variant to compare the stored outputs with (default base)")
     sc.add_argument("--format", choices=("table", "json"), default="table")
 
     rep = sub.add_parser("report", help="write the HTML report from a results file")
@@ -103,6 +104,9 @@ def cmd_run(args, rescore: bool = False) -> int:
                               log=lambda s: print(s, flush=True), rescore=rescore)
     report = args.report or Path("reports") / f"{cfg.experiment.name}.html"
     if any(o.status in ("finished", "skipped") for o in outcomes):
+        from harness.compare import refresh
+
+        refresh(args.db, cfg.experiment.name, cfg.experiment.baseline)
         write_report(args.db, report, cfg.experiment.name)
     failed = [o for o in outcomes if o.status == "failed"]
     done = len(outcomes) - len(failed)
@@ -148,6 +152,10 @@ def cmd_score(args) -> int:
         variant = args.variant or args.predictions.stem
         run_id, new = store_external(args.db, args.experiment, variant, args.suite or rubric.name, args.system, rubric,
                                      examples, outputs, scores, metrics, args.slice, sha)
+        if new:
+            from harness.compare import refresh
+
+            refresh(args.db, args.experiment, args.baseline)
         said = "stored as" if new else "already stored, unchanged, as"
         print(f"{said} {run_id} in {args.db}", file=sys.stderr if args.format == "json" else sys.stdout)
     return 0

@@ -108,6 +108,7 @@ class Experiment(Strict):
     generation: GenerationSettings = GenerationSettings()
     defaults: dict[str, Any] = {}
     variants: dict[str, dict[str, Any]] = Field(min_length=1)
+    baseline: str = "base"  # the variant every other one is compared with (paired, per metric and slice)
 
     @field_validator("variants")
     @classmethod
@@ -118,6 +119,13 @@ class Experiment(Strict):
             if not re.match(NAME_PATTERN, str(name)):
                 raise ValueError(f"variant name {name!r} should be letters, digits, '_', '.' or '-'")
         return v
+
+    @model_validator(mode="after")
+    def _known_baseline(self) -> "Experiment":
+        if self.baseline != "base" and self.baseline not in self.variants:
+            raise ValueError(f"field 'baseline': {self.baseline!r} is not a variant; expected one of: "
+                             f"{', '.join(self.variants)}")
+        return self
 
     @model_validator(mode="after")
     def _unique_eval_names(self) -> "Experiment":

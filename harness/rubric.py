@@ -212,11 +212,11 @@ def check_rubric_fits(rubric: Rubric, rubric_path: Path, examples: list[Example]
 # Metrics, overall and per slice
 
 
-def slice_labels(ex: Example, slices: list[str]) -> list[str]:
+def slice_labels(fields: dict, slices: list[str]) -> list[str]:
     """The slices a sample belongs to: `field=value` per slicing field (a list field gives one per item)."""
     labels = []
     for f in slices:
-        v = ex.fields.get(f)
+        v = fields.get(f)
         values = v if isinstance(v, list) else [v]
         labels += [f"{f}={'(missing)' if x is None else x if isinstance(x, str) else json.dumps(x)}" for x in values]
     return labels
@@ -240,7 +240,7 @@ def suite_metrics(scores: list[SampleScore], examples: list[Example] | None = No
     groups["all"] = list(scores)
     if slices and examples is not None:
         for s, ex in zip(scores, examples):
-            for label in slice_labels(ex, list(slices)):
+            for label in slice_labels(ex.fields, list(slices)):
                 groups[label].append(s)
     rows = []
     for label, group in groups.items():

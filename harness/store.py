@@ -17,7 +17,7 @@ import duckdb
 
 from harness.errors import UserError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_info (key VARCHAR PRIMARY KEY, value VARCHAR);
@@ -78,9 +78,16 @@ CREATE TABLE IF NOT EXISTS samples (
     criterion VARCHAR NOT NULL, score DOUBLE, weight DOUBLE, required BOOLEAN, reason VARCHAR,
     detail JSON                         -- per-criterion extras, e.g. the judge's grades and agreement
 );
+
+CREATE TABLE IF NOT EXISTS comparisons (
+    experiment VARCHAR NOT NULL, baseline VARCHAR, baseline_run_id VARCHAR, variant VARCHAR, run_id VARCHAR,
+    suite VARCHAR, slice VARCHAR, metric VARCHAR, test VARCHAR,  -- paired-bootstrap | mcnemar
+    n INTEGER, baseline_value DOUBLE, value DOUBLE, diff DOUBLE, ci_low DOUBLE, ci_high DOUBLE,
+    p_value DOUBLE, p_holm DOUBLE                -- Holm-adjusted over the variants compared with the baseline
+);
 """
 
-# Files written by schema 1 gain the new columns in place on their next write.
+# Older files gain the new columns and tables in place (see `upgrade`).
 MIGRATIONS = """
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS train_hash VARCHAR;
 ALTER TABLE metrics ADD COLUMN IF NOT EXISTS slice VARCHAR DEFAULT 'all';
@@ -182,6 +189,21 @@ def write_run(path: Path, run: dict[str, Any], train_log: list[dict], metrics: l
         _insert(con, "suites", [{**r, "run_id": run["run_id"]} for r in suites])
         _insert(con, "outputs", [{**r, "run_id": run["run_id"]} for r in outputs])
         _insert(con, "samples", [{**r, "run_id": run["run_id"]} for r in samples])
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    finally:
+        con.close()
+
+
+def write_comparisons(path: Path, experiment: str, rows: list[dict[str, Any]]) -> None:
+    """Replace an experiment's comparisons, in one transaction."""
+    con = _connect(path, read_only=False)
+    try:
+        con.execute("BEGIN")
+        con.execute("DELETE FROM comparisons WHERE experiment = ?", [experiment])
+        _insert(con, "comparisons", rows)
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")

@@ -81,6 +81,7 @@ def test_parents_run_before_children(project):
     (MINIMAL.replace("  base: {method: none}", "  base: {method: none, init_from: lora}"), "method 'none' does not train"),
     (MINIMAL.replace("  base: {method: none}", "  base: {method: sft, prompt: {few_shot: 2}}"), "only method 'prompt' takes"),
     (MINIMAL + "  q: {method: qlora, init_from: lora}\n", "cannot be chained"),
+    (MINIMAL + "baseline: lroa\n", "field 'baseline': 'lroa' is not a variant; expected one of: base, lora, dpo"),
     ("name: t\nmodel: [unclosed\n", "invalid YAML"),
     ("- just\n- a list\n", "expected a mapping of experiment fields"),
 ])

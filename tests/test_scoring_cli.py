@@ -210,3 +210,14 @@ def test_the_readme_keyword_baseline_scores_through_the_cli(project, tmp_path, c
     overall = {m["metric"]: m for m in map(json.loads, capsys.readouterr().out.splitlines()) if m["slice"] == "all"}
     assert overall["criterion:valid_json"]["value"] == 1.0  # rules always write a well-formed record
     assert 0.5 < overall["pass_rate"]["value"] < 1.0  # ... and get most, not all, labels right
+
+
+def test_runs_store_comparisons_with_the_baseline(smoke):
+    got = rows(smoke["db"], """
+        SELECT variant, baseline, n, diff, ci_low, ci_high, p_value, p_holm FROM comparisons
+        WHERE suite = 'tickets' AND slice = 'all' AND metric = 'score' AND test = 'paired-bootstrap'""")
+    assert {g[0] for g in got} == {"prompt", "sft", "lora", "qlora", "dpo"}
+    for variant, baseline, n, diff, lo, hi, p, p_holm in got:
+        assert baseline == "base" and n == 12 and lo <= diff <= hi and p <= p_holm <= 1
+    slices = rows(smoke["db"], "SELECT DISTINCT slice FROM comparisons WHERE suite = 'tickets'")
+    assert {s for (s,) in slices} >= {"all", "category=technical"}

@@ -73,7 +73,7 @@ def test_a_schema_1_file_is_upgraded_in_place(tmp_path):
                 "ALTER TABLE runs DROP COLUMN train_hash; DROP TABLE suites; "
                 "UPDATE schema_info SET value = '1' WHERE key = 'schema_version'")
     con.close()
-    with pytest.raises(UserError, match="schema version 1, this harness reads 2; any `harness run`"):
+    with pytest.raises(UserError, match="schema version 1, this harness reads 3; any `harness run`"):
         with store.reader(db):
             pass
     store.upgrade(db)

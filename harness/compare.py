@@ -1,0 +1,99 @@
+"""Paired comparisons of every variant with a baseline, per eval set, metric and slice.
+
+Every variant is scored on the same samples, so each comparison pairs the two variants' per-sample
+values by sample id: the paired bootstrap of the mean difference (harness.stats.paired_diff_ci) for
+the mean score, the pass rate and each criterion, and the exact McNemar test for the pass rate. When
+several variants are compared with one baseline, their p-values for the same (suite, slice, metric)
+are Holm-adjusted.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+
+import duckdb
+import numpy as np
+
+from harness import store
+from harness.rubric import slice_labels
+from harness.stats import holm, mcnemar, paired_diff_ci
+
+
+def _per_sample(con: duckdb.DuckDBPyConnection, run_ids: list[str]) -> dict:
+    """run_id -> suite -> sample_id -> {metric: value} (score, pass_rate, criterion:NAME), and the
+    slice labels of each sample."""
+    values: dict = defaultdict(lambda: defaultdict(dict))
+    labels: dict = defaultdict(dict)
+    slices = {(r["run_id"], r["suite"]): json.loads(r["slices"] or "[]")
+              for r in store.query(con, "SELECT run_id, suite, slices FROM suites WHERE list_contains(?, run_id)", [run_ids])}
+    for o in store.query(con, "SELECT run_id, suite, sample_id, score, passed, fields FROM outputs "
+                              "WHERE list_contains(?, run_id)", [run_ids]):
+        values[o["run_id"]][o["suite"]][o["sample_id"]] = {"score": o["score"], "pass_rate": float(o["passed"])}
+        fields = json.loads(o["fields"] or "{}")
+        labels[(o["suite"], o["sample_id"])] = ["all"] + slice_labels(fields, slices.get((o["run_id"], o["suite"]), []))
+    for s in store.query(con, "SELECT run_id, suite, sample_id, criterion, score FROM samples "
+                              "WHERE list_contains(?, run_id)", [run_ids]):
+        values[s["run_id"]][s["suite"]][s["sample_id"]][f"criterion:{s['criterion']}"] = s["score"]
+    return {"values": values, "labels": labels}
+
+
+def compare_runs(con: duckdb.DuckDBPyConnection, baseline: dict, candidates: list[dict], confidence: float = 0.95,
+                 n_resamples: int = 10_000, seed: int = 0) -> list[dict]:
+    """One row per candidate × suite × slice × metric, on the samples both runs scored."""
+    data = _per_sample(con, [baseline["run_id"]] + [c["run_id"] for c in candidates])
+    base_values = data["values"][baseline["run_id"]]
+    rows = []
+    for cand in candidates:
+        for suite, cand_samples in data["values"][cand["run_id"]].items():
+            base_samples = base_values.get(suite)
+            if not base_samples:
+                continue
+            common = sorted(set(cand_samples) & set(base_samples))
+            groups: dict[str, list[str]] = defaultdict(list)
+            for sid in common:
+                for label in data["labels"][(suite, sid)]:
+                    groups[label].append(sid)
+            metrics = sorted(set.intersection(*(set(cand_samples[s]) & set(base_samples[s]) for s in common))) if common else []
+            for label, ids in groups.items():
+                for metric in metrics:
+                    a = np.array([cand_samples[s][metric] for s in ids], dtype=float)
+                    b = np.array([base_samples[s][metric] for s in ids], dtype=float)
+                    diff, lo, hi, p = paired_diff_ci(a, b, confidence, n_resamples, seed)
+                    row = {"experiment": cand["experiment"], "baseline_run_id": baseline["run_id"],
+                           "baseline": baseline["variant"], "run_id": cand["run_id"], "variant": cand["variant"],
+                           "suite": suite, "slice": label, "metric": metric, "n": len(ids),
+                           "baseline_value": float(b.mean()), "value": float(a.mean()), "diff": diff,
+                           "ci_low": lo, "ci_high": hi, "p_value": p, "test": "paired-bootstrap"}
+                    rows.append(row)
+                    if metric == "pass_rate":
+                        rows.append({**row, "p_value": mcnemar(a > 0.5, b > 0.5), "test": "mcnemar"})
+    # Holm across the candidates compared on the same thing with the same test.
+    family: dict[tuple, list[int]] = defaultdict(list)
+    for i, r in enumerate(rows):
+        family[(r["suite"], r["slice"], r["metric"], r["test"])].append(i)
+    for members in family.values():
+        ps = [rows[i]["p_value"] for i in members]
+        finite = [j for j, p in zip(members, ps) if p == p]
+        for i, adj in zip(finite, holm([rows[i]["p_value"] for i in finite])):
+            rows[i]["p_holm"] = adj
+        for i in members:
+            rows[i].setdefault("p_holm", float("nan"))
+    return rows
+
+
+def compare_experiment(con: duckdb.DuckDBPyConnection, experiment: str, baseline: str = "base", **kw) -> list[dict]:
+    """Every finished variant of an experiment (latest run each) against the baseline variant."""
+    runs = [r for r in store.latest_runs(con, experiment) if r["status"] == "finished"]
+    base = next((r for r in runs if r["variant"] == baseline), None)
+    if base is None:
+        return []
+    return compare_runs(con, base, [r for r in runs if r["variant"] != baseline], **kw)
+
+
+def refresh(db, experiment: str, baseline: str = "base") -> int:
+    """Recompute and store an experiment's comparisons; the number of rows written."""
+    with store.reader(db) as con:
+        rows = compare_experiment(con, experiment, baseline)
+    store.write_comparisons(db, experiment, rows)
+    return len(rows)

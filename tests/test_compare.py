@@ -1,0 +1,72 @@
+"""Paired comparisons read from the store: aligned by sample id, per slice, with McNemar and Holm."""
+
+import json
+from datetime import datetime
+
+import numpy as np
+import pytest
+
+from harness import store
+from harness.compare import compare_experiment
+from harness.stats import holm, mcnemar, paired_diff_ci
+
+
+def _run(db, variant, scores, passed, minute, cats):
+    run_id = f"e/{variant}/1"
+    store.write_run(
+        db,
+        {"run_id": run_id, "experiment": "e", "variant": variant, "method": "none", "status": "finished",
+         "config_hash": variant, "base_model": "m", "harness_version": "0",
+         "started_at": datetime(2026, 1, 1, 0, minute), "finished_at": datetime(2026, 1, 1, 0, minute + 1)},
+        [], [],
+        # Stored in a different order per variant: comparisons must pair by id, not by position.
+        [{"suite": "t", "sample_id": f"s{i:03d}", "score": s, "passed": p, "fields": json.dumps({"cat": c})}
+         for i, s, p, c in sorted(zip(range(len(scores)), scores, passed, cats), key=lambda r: (r[0] * 7919 + minute) % 101)],
+        [{"suite": "t", "sample_id": f"s{i:03d}", "criterion": "c", "score": float(p), "weight": 1.0,
+          "required": False, "reason": ""} for i, p in enumerate(passed)],
+        [{"suite": "t", "rubric": "r", "rubric_json": "{}", "pass_threshold": 1.0, "slices": json.dumps(["cat"]),
+          "n": len(scores), "gen_hash": None}])
+    return run_id
+
+
+def test_comparisons_pair_by_sample_and_match_the_statistics(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 101
+    cats = ["a" if i % 3 else "b" for i in range(n)]
+    base = rng.random(n)
+    lora = np.clip(base + rng.normal(0.1, 0.1, n), 0, 1)
+    sft = np.clip(base + rng.normal(0.0, 0.1, n), 0, 1)
+    db = tmp_path / "r.duckdb"
+    _run(db, "base", base, base > 0.5, 0, cats)
+    _run(db, "lora", lora, lora > 0.5, 2, cats)
+    _run(db, "sft", sft, sft > 0.5, 4, cats)
+    with store.reader(db) as con:
+        rows = compare_experiment(con, "e", "base")
+    by = {(r["variant"], r["slice"], r["metric"], r["test"]): r for r in rows}
+    assert {r["variant"] for r in rows} == {"lora", "sft"}
+
+    r = by[("lora", "all", "score", "paired-bootstrap")]
+    diff, lo, hi, p = paired_diff_ci(lora, base)
+    assert (r["diff"], r["ci_low"], r["ci_high"], r["p_value"]) == pytest.approx((diff, lo, hi, p))
+    assert r["n"] == n and r["value"] == pytest.approx(lora.mean()) and r["baseline_value"] == pytest.approx(base.mean())
+    assert r["ci_low"] > 0  # a real gain is seen
+
+    b = np.array([c == "b" for c in cats])
+    r = by[("sft", "cat=b", "score", "paired-bootstrap")]
+    assert r["n"] == b.sum() and r["diff"] == pytest.approx(paired_diff_ci(sft[b], base[b])[0])
+
+    m = by[("lora", "all", "pass_rate", "mcnemar")]
+    assert m["p_value"] == pytest.approx(mcnemar(lora > 0.5, base > 0.5))
+    assert ("lora", "all", "criterion:c", "paired-bootstrap") in by
+
+    # Holm over the two candidates, per (suite, slice, metric, test).
+    raw = [by[(v, "all", "score", "paired-bootstrap")]["p_value"] for v in ("lora", "sft")]
+    adj = [by[(v, "all", "score", "paired-bootstrap")]["p_holm"] for v in ("lora", "sft")]
+    assert adj == pytest.approx(holm(raw))
+
+
+def test_no_baseline_no_comparisons(tmp_path):
+    db = tmp_path / "r.duckdb"
+    _run(db, "lora", [0.5, 0.6], [True, False], 0, ["a", "b"])
+    with store.reader(db) as con:
+        assert compare_experiment(con, "e", "base") == []
