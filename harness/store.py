@@ -145,32 +145,9 @@ def _insert(con: duckdb.DuckDBPyConnection, table: str, rows: list[dict[str, Any
     con.execute(f"INSERT INTO {table} SELECT * FROM arrow")
 
 
-def upgrade(path: Path) -> None:
-    """Bring a results file written by an older harness to this schema (columns added in place),
-    before anything reads it with this schema in mind. A missing file is left alone."""
-    if not path.exists():
-        return
-    con = _connect(path, read_only=False)
-    try:
-        version = None
-        try:
-            version = con.execute("SELECT value FROM schema_info WHERE key = 'schema_version'").fetchone()
-        except duckdb.CatalogException:
-            pass
-        if version is None or int(version[0]) >= SCHEMA_VERSION:
-            return  # not ours (the reader says so), or current
-        con.execute("BEGIN")
-        con.execute(SCHEMA)
-        con.execute(MIGRATIONS)
-        con.execute("INSERT OR REPLACE INTO schema_info VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
-        con.execute("COMMIT")
-    finally:
-        con.close()
-
-
-def write_run(path: Path, run: dict[str, Any], train_log: list[dict], metrics: list[dict],
-              outputs: list[dict], samples: list[dict], suites: list[dict] = ()) -> None:
-    """All of one run's rows in one transaction: a reader sees all of them or none."""
+@contextmanager
+def _transaction(path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A write connection in one transaction, with the schema current: all of it lands or none."""
     path.parent.mkdir(parents=True, exist_ok=True)
     con = _connect(path, read_only=False)
     try:
@@ -178,38 +155,63 @@ def write_run(path: Path, run: dict[str, Any], train_log: list[dict], metrics: l
         con.execute(SCHEMA)
         con.execute(MIGRATIONS)
         con.execute("INSERT OR REPLACE INTO schema_info VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
+        yield con
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    finally:
+        con.close()
+
+
+def _version(path: Path) -> int | None:
+    con = _connect(path, read_only=True)
+    try:
+        row = con.execute("SELECT value FROM schema_info WHERE key = 'schema_version'").fetchone()
+        return int(row[0]) if row else None
+    except duckdb.CatalogException:
+        return None
+    finally:
+        con.close()
+
+
+def upgrade(path: Path) -> None:
+    """Bring a results file written by an older harness to this schema (columns and tables added in
+    place), before anything reads it with this schema in mind. Missing, foreign or current files are
+    left alone (the reader reports foreign ones)."""
+    if not path.exists():
+        return
+    try:
+        version = _version(path)
+    except duckdb.Error:
+        return
+    if version is not None and version < SCHEMA_VERSION:
+        with _transaction(path):
+            pass
+
+
+def write_run(path: Path, run: dict[str, Any], train_log: list[dict], metrics: list[dict],
+              outputs: list[dict], samples: list[dict], suites: list[dict] = ()) -> None:
+    """All of one run's rows in one transaction: a reader sees all of them or none."""
+    for key in ("config_json", "data_json", "generation_json", "artifact_json"):
+        if run.get(key) is not None and not isinstance(run[key], str):
+            run = {**run, key: json.dumps(run[key], sort_keys=True)}
+    with _transaction(path) as con:
         for table in TABLES:  # re-writing a run (same run_id) replaces it whole
             con.execute(f"DELETE FROM {table} WHERE run_id = ?", [run["run_id"]])
-        for key in ("config_json", "data_json", "generation_json", "artifact_json"):
-            if run.get(key) is not None and not isinstance(run[key], str):
-                run = {**run, key: json.dumps(run[key], sort_keys=True)}
         _insert(con, "runs", [run])
         _insert(con, "train_log", [{**r, "run_id": run["run_id"]} for r in train_log])
         _insert(con, "metrics", [{"slice": "all", **r, "run_id": run["run_id"]} for r in metrics])
         _insert(con, "suites", [{**r, "run_id": run["run_id"]} for r in suites])
         _insert(con, "outputs", [{**r, "run_id": run["run_id"]} for r in outputs])
         _insert(con, "samples", [{**r, "run_id": run["run_id"]} for r in samples])
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
-    finally:
-        con.close()
 
 
 def write_comparisons(path: Path, experiment: str, rows: list[dict[str, Any]]) -> None:
     """Replace an experiment's comparisons, in one transaction."""
-    con = _connect(path, read_only=False)
-    try:
-        con.execute("BEGIN")
+    with _transaction(path) as con:
         con.execute("DELETE FROM comparisons WHERE experiment = ?", [experiment])
         _insert(con, "comparisons", rows)
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
-    finally:
-        con.close()
 
 
 def finished_run(path: Path, config_hash: str) -> dict[str, Any] | None:
