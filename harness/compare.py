@@ -93,6 +93,7 @@ def compare_experiment(con: duckdb.DuckDBPyConnection, experiment: str, baseline
 
 def refresh(db, experiment: str, baseline: str = "base") -> int:
     """Recompute and store an experiment's comparisons; the number of rows written."""
+    store.upgrade(db)
     with store.reader(db) as con:
         rows = compare_experiment(con, experiment, baseline)
     store.write_comparisons(db, experiment, rows)

@@ -52,6 +52,20 @@ def _bar(m: dict | None) -> str:
             f'<div class="fill" style="width:{v * 100:.1f}%"></div>{ci}</div>')
 
 
+def _diff(d: dict | None) -> str:
+    """A paired difference with its interval; coloured only when the interval excludes 0."""
+    if not d or d["diff"] is None or math.isnan(d["ci_low"]):
+        return "–"
+    cls = "pass" if d["ci_low"] > 0 else "fail" if d["ci_high"] < 0 else ""
+    return (f"<span class='{cls}'>{d['diff']:+.2f}</span> <span class='ci-txt'>[{d['ci_low']:+.2f}, "
+            f"{d['ci_high']:+.2f}] {_p(d['p_value'])}</span>")
+
+
+def _p(p: float) -> str:
+    # A bootstrap p-value of 0 means "below 1 / resamples", never exactly 0.
+    return "p<0.001" if p < 0.001 else f"p={p:.3f}"
+
+
 def _int(x) -> str:
     return "–" if x is None else f"{int(x):,}"
 
@@ -74,6 +88,8 @@ def render(db: Path, experiment: str | None = None) -> str:
         metrics = store.query(con, "SELECT * FROM metrics WHERE list_contains(?, run_id)", [ids])
         outputs = store.query(con, "SELECT * FROM outputs WHERE list_contains(?, run_id) ORDER BY suite, sample_id", [ids])
         suite_rows = store.query(con, "SELECT * FROM suites WHERE list_contains(?, run_id)", [ids])
+        diffs = store.query(con, "SELECT * FROM comparisons WHERE list_contains(?, run_id) AND slice = 'all' "
+                                 "AND test = 'paired-bootstrap' AND metric IN ('score', 'pass_rate')", [ids])
         reasons = store.query(
             con, "SELECT run_id, suite, sample_id, string_agg(criterion || ': ' || reason, '; ' ORDER BY criterion) "
             "AS why FROM samples WHERE list_contains(?, run_id) AND score < 1 GROUP BY ALL", [ids])
@@ -87,6 +103,8 @@ def render(db: Path, experiment: str | None = None) -> str:
             by_slice[(m["suite"], m["slice"])][m["run_id"]] = m
     suites = list(dict.fromkeys(m["suite"] for m in metrics))
     rubric_of = {s["suite"]: s for s in suite_rows}
+    diff_of = {(d["run_id"], d["suite"], d["metric"]): d for d in diffs}
+    baseline = next((d["baseline"] for d in diffs), None)
     experiments = list(dict.fromkeys(r["experiment"] for r in runs))
     title = ", ".join(experiments)
     # The header describes the tuned variants; outputs stored from other systems carry no model settings.
@@ -112,7 +130,8 @@ def render(db: Path, experiment: str | None = None) -> str:
                          f"score is at least {rb['pass_threshold']:g} and every required criterion is met.</p>")
         best = max((by_run[r["run_id"]].get((suite, "score"), {}).get("value") or -1) for r in runs)
         crit_names = sorted({k[1] for rid in ids for k in by_run[rid] if k[0] == suite and k[1].startswith("criterion:")})
-        parts.append("<div class='wide'><table><tr><th>variant</th><th>method</th><th>score</th><th>pass rate</th>"
+        vs = f"<th>pass rate − {escape(baseline)} (paired)</th>" if baseline else ""
+        parts.append("<div class='wide'><table><tr><th>variant</th><th>method</th><th>score</th><th>pass rate</th>" + vs
                      + "".join(f"<th>{escape(c.removeprefix('criterion:'))}</th>" for c in crit_names)
                      + "<th>train time</th><th>eval time</th><th>peak memory</th><th>trainable params</th>"
                        "<th>train tokens</th></tr>")
@@ -120,7 +139,7 @@ def render(db: Path, experiment: str | None = None) -> str:
             m = by_run[r["run_id"]]
             if r["status"] != "finished":
                 parts.append(f"<tr><td>{escape(r['variant'])}</td><td>{escape(r['method'])}</td>"
-                             f"<td colspan='{2 + len(crit_names)}' class='failed'>{escape(r['status'])}: "
+                             f"<td colspan='{2 + len(crit_names) + bool(baseline)}' class='failed'>{escape(r['status'])}: "
                              f"{escape((r['error'] or '').strip().splitlines()[-1] if r['error'] else '')}</td>"
                              f"{_cost_cells(r)}</tr>")
                 continue
@@ -128,6 +147,7 @@ def render(db: Path, experiment: str | None = None) -> str:
             cls = " class='best'" if score and score["value"] == best else ""
             parts.append(f"<tr><td{cls}>{escape(r['variant'])}</td><td>{escape(r['method'])}</td>"
                          f"<td>{_bar(score)}</td><td>{_bar(m.get((suite, 'pass_rate')))}</td>"
+                         + (f"<td class='num'>{_diff(diff_of.get((r['run_id'], suite, 'pass_rate')))}</td>" if baseline else "")
                          + "".join(f"<td class='num'>{_num((m.get((suite, c)) or {}).get('value'))}</td>" for c in crit_names)
                          + f"{_cost_cells(r)}</tr>")
         parts.append("</table></div>")
