@@ -56,6 +56,19 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("--baseline", default="base", help="variant to compare the stored outputs with (default base)")
     sc.add_argument("--format", choices=("table", "json"), default="table")
 
+    g = sub.add_parser("gate", help="may the candidate replace the baseline? checks a policy on paired intervals")
+    g.add_argument("--db", type=Path, default=DEFAULT_DB, help="results file holding the candidate (and the baseline)")
+    g.add_argument("--baseline", required=True, help="baseline variant")
+    g.add_argument("--candidate", required=True, help="candidate variant")
+    g.add_argument("--policy", type=Path, required=True,
+                   help="policy file (checks: [...]) or an experiment file with a 'gate:' section")
+    g.add_argument("--experiment", default=None, help="experiment of the candidate (needed if the file holds several)")
+    g.add_argument("--baseline-db", type=Path, default=None, help="results file holding the baseline (default --db)")
+    g.add_argument("--baseline-experiment", default=None, help="experiment of the baseline in --baseline-db")
+    g.add_argument("--junit", type=Path, default=None, help="write JUnit XML here (one test case per check)")
+    g.add_argument("--summary", type=Path, default=None, help="write a Markdown summary here (also appended to "
+                   "$GITHUB_STEP_SUMMARY when set)")
+
     rep = sub.add_parser("report", help="write the HTML report from a results file")
     rep.add_argument("--db", type=Path, default=DEFAULT_DB)
     rep.add_argument("--experiment", default=None, help="only this experiment (default: all in the file)")
@@ -161,6 +174,20 @@ def cmd_score(args) -> int:
     return 0
 
 
+def cmd_gate(args) -> int:
+    from harness.gate import evaluate, load_policy, table, write_outputs
+
+    policy = load_policy(args.policy)
+    results = evaluate(policy, args.db, args.baseline, args.candidate, args.experiment, args.baseline_db,
+                       args.baseline_experiment)
+    print(table(results))
+    write_outputs(results, args.baseline, args.candidate, args.junit, args.summary)
+    failed = [r for r in results if not r.passed]
+    print(f"\ngate: {args.candidate} against {args.baseline}: "
+          + ("every check passes" if not failed else f"{len(failed)} of {len(results)} checks fail"))
+    return 1 if failed else 0
+
+
 def cmd_report(args) -> int:
     from harness.report import write_report
 
@@ -201,7 +228,7 @@ def cmd_ls(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        commands = {"run": cmd_run, "rescore": lambda a: cmd_run(a, rescore=True), "score": cmd_score,
+        commands = {"run": cmd_run, "rescore": lambda a: cmd_run(a, rescore=True), "score": cmd_score, "gate": cmd_gate,
                     "report": cmd_report, "ls": cmd_ls}
         return commands[args.command](args)
     except UserError as e:

@@ -1,0 +1,189 @@
+"""The regression gate: may a candidate replace the baseline? Decided on intervals, not points.
+
+A policy lists checks per eval set, metric and slice:
+- `min_diff` (or `margin`, meaning min_diff = −margin): the lower bound of the paired interval of
+  candidate − baseline must be at least min_diff. `margin: 0.02` is non-inferiority within 2
+  points; `min_diff: 0.05` requires a gain of at least 5 points.
+- `floor`: the candidate's own interval must lie above it (its lower bound ≥ floor).
+
+Baseline and candidate are the latest finished runs of two variants, in one results file or in two
+(`--baseline-db`: the production model's stored results against a new candidate). They are paired
+on the sample ids both scored; none in common is an error, not a pass.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from harness import store
+from harness.compare import _per_sample
+from harness.config import read_yaml_mapping, validate
+from harness.errors import UserError
+from harness.stats import bootstrap_ci, paired_diff_ci, wilson_ci
+
+
+class Check(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    suite: str
+    metric: str = "pass_rate"  # score | pass_rate | criterion:NAME
+    slice: str = "all"
+    min_diff: float | None = Field(None, ge=-1, le=1)
+    margin: float | None = Field(None, ge=0, le=1)
+    floor: float | None = Field(None, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _something_to_check(self):
+        if self.min_diff is not None and self.margin is not None:
+            raise ValueError("set 'min_diff' or 'margin' (= −min_diff), not both")
+        if self.min_diff is None and self.margin is None and self.floor is None:
+            raise ValueError("a check needs 'min_diff', 'margin' or 'floor'")
+        return self
+
+    @property
+    def lower_limit(self) -> float | None:
+        return -self.margin if self.margin is not None else self.min_diff
+
+
+class Policy(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    checks: list[Check] = Field(min_length=1)
+
+
+def load_policy(path: Path) -> Policy:
+    """A policy file (`checks: [...]`), or an experiment file holding one under `gate:`."""
+    raw = read_yaml_mapping(path, "policy file", "policy fields (checks, confidence)")
+    if "gate" in raw and "checks" not in raw:
+        if not isinstance(raw["gate"], dict):
+            raise UserError(f"{path}: field 'gate': expected a mapping with 'checks'")
+        return validate(Policy, raw["gate"], path, prefix="gate")
+    return validate(Policy, raw, path)
+
+
+@dataclass(frozen=True)
+class Result:
+    name: str
+    value: float
+    low: float
+    high: float
+    limit: str
+    passed: bool
+    message: str
+    n: int
+
+
+def _latest(con, experiment: str | None, variant: str, db: Path) -> dict:
+    runs = [r for r in store.latest_runs(con, experiment) if r["status"] == "finished"]
+    if not runs:
+        raise UserError(f"{db}: no finished runs{f' of experiment {experiment!r}' if experiment else ''}")
+    experiments = sorted({r["experiment"] for r in runs})
+    if experiment is None and len(experiments) > 1:
+        raise UserError(f"{db}: several experiments ({', '.join(experiments)}); name one with --experiment")
+    match = [r for r in runs if r["variant"] == variant]
+    if not match:
+        known = ", ".join(sorted({r["variant"] for r in runs}))
+        raise UserError(f"{db}: no finished variant {variant!r}; expected one of: {known}")
+    return match[0]
+
+
+def _values(con, run: dict, check: Check, db: Path) -> dict[str, float]:
+    data = _per_sample(con, [run["run_id"]])
+    samples = data["values"][run["run_id"]].get(check.suite)
+    if not samples:
+        raise UserError(f"{db}: variant {run['variant']!r} has no eval set {check.suite!r}")
+    out = {sid: v[check.metric] for sid, v in samples.items()
+           if check.metric in v and check.slice in data["labels"][(check.suite, sid)]}
+    if not out:
+        raise UserError(f"{db}: no values of metric {check.metric!r} in slice {check.slice!r} of eval set "
+                        f"{check.suite!r} for variant {run['variant']!r}")
+    return out
+
+
+def evaluate(policy: Policy, db: Path, baseline: str, candidate: str, experiment: str | None = None,
+             baseline_db: Path | None = None, baseline_experiment: str | None = None) -> list[Result]:
+    baseline_db = baseline_db or db
+    with store.reader(db) as con:
+        cand_run = _latest(con, experiment, candidate, db)
+        cand = [_values(con, cand_run, c, db) for c in policy.checks]
+    with store.reader(baseline_db) as con:
+        base_run = _latest(con, baseline_experiment or (experiment if baseline_db == db else None) or
+                           (cand_run["experiment"] if baseline_db == db else None), baseline, baseline_db)
+        base = [_values(con, base_run, c, baseline_db) for c in policy.checks]
+
+    results = []
+    for check, c_vals, b_vals in zip(policy.checks, cand, base):
+        where = f"{check.suite}/{check.metric}" + ("" if check.slice == "all" else f"[{check.slice}]")
+        if check.lower_limit is not None:
+            ids = sorted(set(c_vals) & set(b_vals))
+            if not ids:
+                raise UserError(f"{where}: the baseline and the candidate share no samples; a paired comparison "
+                                "needs the same eval set")
+            a = np.array([c_vals[i] for i in ids])
+            b = np.array([b_vals[i] for i in ids])
+            diff, lo, hi, _ = paired_diff_ci(a, b, policy.confidence)
+            ok = lo >= check.lower_limit - 1e-12 if not math.isnan(lo) else False
+            results.append(Result(
+                f"{where}: {candidate} − {baseline}", diff, lo, hi, f"lower bound ≥ {check.lower_limit:+.3f}", ok,
+                f"lower bound {lo:+.3f} {'≥' if ok else '<'} {check.lower_limit:+.3f} (n={len(ids)} paired samples)",
+                len(ids)))
+        if check.floor is not None:
+            vals = np.array(list(c_vals.values()))
+            if np.all(np.isin(vals, (0.0, 1.0))):
+                lo, hi = wilson_ci(int(vals.sum()), len(vals), policy.confidence)
+            else:
+                lo, hi = bootstrap_ci(vals, policy.confidence)
+            ok = lo >= check.floor - 1e-12 if not math.isnan(lo) else False
+            results.append(Result(
+                f"{where}: {candidate}", float(vals.mean()), lo, hi, f"lower bound ≥ {check.floor:.3f}", ok,
+                f"lower bound {lo:.3f} {'≥' if ok else '<'} floor {check.floor:.3f} (n={len(vals)})", len(vals)))
+    return results
+
+
+def table(results: list[Result]) -> str:
+    header = ("check", "value", "95% CI", "limit", "verdict")
+    rows = [(r.name, f"{r.value:+.3f}" if "−" in r.name else f"{r.value:.3f}", f"[{r.low:.3f}, {r.high:.3f}]",
+             r.limit, "pass" if r.passed else "FAIL") for r in results]
+    widths = [max(len(x) for x in col) for col in zip(header, *rows)]
+    return "\n".join("  ".join(x.ljust(w) for x, w in zip(row, widths)).rstrip() for row in [header, *rows])
+
+
+def junit(results: list[Result], name: str) -> str:
+    """JUnit XML: one test suite, one test case per check, a <failure> for each failed one."""
+    suite = ET.Element("testsuite", name=name, tests=str(len(results)),
+                       failures=str(sum(not r.passed for r in results)), errors="0", skipped="0", time="0")
+    for r in results:
+        case = ET.SubElement(suite, "testcase", classname=name, name=r.name, time="0")
+        if not r.passed:
+            ET.SubElement(case, "failure", message=r.message, type="GateFailure").text = r.message
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suite, encoding="unicode") + "\n"
+
+
+def markdown(results: list[Result], baseline: str, candidate: str) -> str:
+    verdict = "passes" if all(r.passed for r in results) else "fails"
+    lines = [f"### Gate: `{candidate}` against `{baseline}` {verdict}", "",
+             "| check | value | 95% CI | limit | verdict |", "|---|---:|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r.name} | {r.value:.3f} | [{r.low:.3f}, {r.high:.3f}] | {r.limit} | "
+                     f"{'✅ pass' if r.passed else '❌ fail'} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(results: list[Result], baseline: str, candidate: str, junit_path: Path | None,
+                  summary_path: Path | None) -> None:
+    if junit_path:
+        junit_path.parent.mkdir(parents=True, exist_ok=True)
+        junit_path.write_text(junit(results, f"harness gate {candidate} vs {baseline}"), encoding="utf-8")
+    md = markdown(results, baseline, candidate)
+    if summary_path:
+        summary_path.parent.mkdir(parents=True, exist_ok=True)
+        summary_path.write_text(md, encoding="utf-8")
+    if os.environ.get("GITHUB_STEP_SUMMARY"):
+        with open(os.environ["GITHUB_STEP_SUMMARY"], "a", encoding="utf-8") as f:
+            f.write(md)

@@ -1,0 +1,100 @@
+"""`harness gate`: decided on paired intervals; JUnit and Markdown outputs; exit 0, 1 or 2."""
+
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+from test_compare import _run
+
+from harness.cli import main
+from harness.stats import paired_diff_ci, wilson_ci
+
+N = 150
+
+
+@pytest.fixture
+def dbs(tmp_path):
+    rng = np.random.default_rng(1)
+    cats = ["a" if i % 2 else "b" for i in range(N)]
+    base = rng.random(N) * 0.8
+    better = np.clip(base + rng.normal(0.15, 0.05, N), 0, 1)
+    db, prod = tmp_path / "r.duckdb", tmp_path / "production.duckdb"
+    _run(db, "base", base, base > 0.5, 0, cats)
+    _run(db, "lora", better, better > 0.5, 2, cats)
+    _run(prod, "base", base, base > 0.5, 0, cats)  # the production model's results, in their own file
+    return {"db": db, "prod": prod, "base": base, "lora": better, "tmp": tmp_path}
+
+
+def policy(tmp_path, text):
+    path = tmp_path / "gate.yaml"
+    path.write_text(text)
+    return path
+
+
+GAIN = "checks:\n  - {suite: t, metric: score, min_diff: 0.1}\n  - {suite: t, metric: pass_rate, floor: 0.4}\n"
+
+
+def test_a_real_gain_passes_and_writes_junit_and_summary(dbs, capsys, monkeypatch):
+    step_summary = dbs["tmp"] / "step.md"
+    step_summary.write_text("earlier steps\n")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(step_summary))
+    junit, md = dbs["tmp"] / "out" / "gate.xml", dbs["tmp"] / "gate.md"
+    code = main(["gate", "--db", str(dbs["db"]), "--baseline", "base", "--candidate", "lora",
+                 "--policy", str(policy(dbs["tmp"], GAIN)), "--junit", str(junit), "--summary", str(md)])
+    out = capsys.readouterr().out
+    assert code == 0 and "every check passes" in out
+    diff, lo, hi, _ = paired_diff_ci(dbs["lora"], dbs["base"])
+    assert f"[{lo:.3f}, {hi:.3f}]" in out
+    passed = dbs["lora"] > 0.5
+    f_lo, f_hi = wilson_ci(int(passed.sum()), N)
+    assert f"[{f_lo:.3f}, {f_hi:.3f}]" in out  # the floor is checked on the Wilson interval of a pass rate
+    suite = ET.parse(junit).getroot()
+    assert suite.tag == "testsuite" and suite.get("tests") == "2" and suite.get("failures") == "0"
+    assert [c.get("name") for c in suite.iter("testcase")] == ["t/score: lora − base", "t/pass_rate: lora"]
+    assert "passes" in md.read_text() and step_summary.read_text().startswith("earlier steps\n### Gate:")
+
+
+def test_the_reverse_fails_with_exit_1_and_junit_failures(dbs, capsys):
+    junit = dbs["tmp"] / "gate.xml"
+    code = main(["gate", "--db", str(dbs["db"]), "--baseline", "lora", "--candidate", "base",
+                 "--policy", str(policy(dbs["tmp"], GAIN)), "--junit", str(junit)])
+    assert code == 1 and "2 of 2 checks fail" in capsys.readouterr().out
+    failures = list(ET.parse(junit).getroot().iter("failure"))
+    assert len(failures) == 2 and "lower bound" in failures[0].get("message")
+
+
+def test_non_inferiority_margin_and_slices(dbs, capsys):
+    # Non-inferiority on one slice: the lower bound of lora − base on category a must be ≥ −0.05.
+    text = "checks:\n  - {suite: t, metric: score, slice: cat=a, margin: 0.05}\n"
+    assert main(["gate", "--db", str(dbs["db"]), "--baseline", "base", "--candidate", "lora",
+                 "--policy", str(policy(dbs["tmp"], text))]) == 0
+    assert "t/score[cat=a]: lora − base" in capsys.readouterr().out
+
+
+def test_baseline_from_another_results_file(dbs, capsys):
+    code = main(["gate", "--db", str(dbs["db"]), "--baseline-db", str(dbs["prod"]), "--baseline", "base",
+                 "--candidate", "lora", "--policy", str(policy(dbs["tmp"], GAIN))])
+    assert code == 0
+
+
+def test_policy_inline_in_an_experiment_file(dbs):
+    exp = dbs["tmp"] / "exp.yaml"
+    exp.write_text("name: e\nmodel: x\ngate:\n  checks:\n    - {suite: t, metric: score, min_diff: 0.5}\n")
+    assert main(["gate", "--db", str(dbs["db"]), "--baseline", "base", "--candidate", "lora", "--policy", str(exp)]) == 1
+
+
+@pytest.mark.parametrize("args, text, expected", [
+    (["--candidate", "lorra"], GAIN, "no finished variant 'lorra'; expected one of: base, lora"),
+    ([], "checks:\n  - {suite: nope, metric: score, min_diff: 0}\n", "variant 'lora' has no eval set 'nope'"),
+    ([], "checks:\n  - {suite: t, metric: bleu, min_diff: 0}\n", "no values of metric 'bleu'"),
+    ([], "checks:\n  - {suite: t, metric: score}\n", "a check needs 'min_diff', 'margin' or 'floor'"),
+    ([], "checks:\n  - {suite: t, metrc: score, floor: 0.1}\n", "field 'checks.0.metrc': unknown key; did you mean 'metric'?"),
+    ([], "checks: []\n", "field 'checks'"),
+    (["--db", "/nonexistent/r.duckdb"], GAIN, "results file not found"),
+])
+def test_usage_errors_exit_2_with_one_line(dbs, capsys, args, text, expected):
+    base = ["gate", "--db", str(dbs["db"]), "--baseline", "base", "--candidate", "lora",
+            "--policy", str(policy(dbs["tmp"], text))]
+    code = main(base + args)
+    err = capsys.readouterr().err
+    assert code == 2 and expected in err and len(err.strip().splitlines()) == 1, err
