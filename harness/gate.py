@@ -155,13 +155,23 @@ def table(results: list[Result]) -> str:
 
 
 def junit(results: list[Result], name: str) -> str:
-    """JUnit XML: one test suite, one test case per check, a <failure> for each failed one."""
+    """JUnit XML in Apache Ant's format (what Jenkins, GitLab and GitHub reporters read): one test
+    suite with its required attributes and elements, one test case per check, a <failure> for each
+    failed one."""
+    import socket
+    from datetime import datetime, timezone
+
     suite = ET.Element("testsuite", name=name, tests=str(len(results)),
-                       failures=str(sum(not r.passed for r in results)), errors="0", skipped="0", time="0")
+                       failures=str(sum(not r.passed for r in results)), errors="0", skipped="0", time="0",
+                       timestamp=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"),
+                       hostname=socket.gethostname() or "localhost")
+    ET.SubElement(suite, "properties")
     for r in results:
         case = ET.SubElement(suite, "testcase", classname=name, name=r.name, time="0")
         if not r.passed:
             ET.SubElement(case, "failure", message=r.message, type="GateFailure").text = r.message
+    ET.SubElement(suite, "system-out").text = table(results)
+    ET.SubElement(suite, "system-err")
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suite, encoding="unicode") + "\n"
 
 

@@ -50,6 +50,9 @@ def test_a_real_gain_passes_and_writes_junit_and_summary(dbs, capsys, monkeypatc
     assert f"[{f_lo:.3f}, {f_hi:.3f}]" in out  # the floor is checked on the Wilson interval of a pass rate
     suite = ET.parse(junit).getroot()
     assert suite.tag == "testsuite" and suite.get("tests") == "2" and suite.get("failures") == "0"
+    # Ant's format: properties first, the cases, then system-out and system-err; timestamp and hostname set.
+    assert [c.tag for c in suite] == ["properties", "testcase", "testcase", "system-out", "system-err"]
+    assert suite.get("timestamp") and suite.get("hostname")
     assert [c.get("name") for c in suite.iter("testcase")] == ["t/score: lora − base", "t/pass_rate: lora"]
     assert "passes" in md.read_text() and step_summary.read_text().startswith("earlier steps\n### Gate:")
 
