@@ -20,7 +20,7 @@ from harness.rubric import slice_labels
 from harness.stats import holm, mcnemar, paired_diff_ci
 
 
-def _per_sample(con: duckdb.DuckDBPyConnection, run_ids: list[str]) -> dict:
+def per_sample_values(con: duckdb.DuckDBPyConnection, run_ids: list[str]) -> dict:
     """run_id -> suite -> sample_id -> {metric: value} (score, pass_rate, criterion:NAME), and the
     slice labels of each sample."""
     values: dict = defaultdict(lambda: defaultdict(dict))
@@ -41,7 +41,7 @@ def _per_sample(con: duckdb.DuckDBPyConnection, run_ids: list[str]) -> dict:
 def compare_runs(con: duckdb.DuckDBPyConnection, baseline: dict, candidates: list[dict], confidence: float = 0.95,
                  n_resamples: int = 10_000, seed: int = 0) -> list[dict]:
     """One row per candidate × suite × slice × metric, on the samples both runs scored."""
-    data = _per_sample(con, [baseline["run_id"]] + [c["run_id"] for c in candidates])
+    data = per_sample_values(con, [baseline["run_id"]] + [c["run_id"] for c in candidates])
     base_values = data["values"][baseline["run_id"]]
     rows = []
     for cand in candidates:

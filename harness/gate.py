@@ -23,7 +23,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from harness import store
-from harness.compare import _per_sample
+from harness.compare import per_sample_values
 from harness.config import read_yaml_mapping, validate
 from harness.errors import UserError
 from harness.stats import bootstrap_ci, paired_diff_ci, wilson_ci
@@ -94,7 +94,7 @@ def _latest(con, experiment: str | None, variant: str, db: Path) -> dict:
 
 
 def _values(con, run: dict, check: Check, db: Path) -> dict[str, float]:
-    data = _per_sample(con, [run["run_id"]])
+    data = per_sample_values(con, [run["run_id"]])
     samples = data["values"][run["run_id"]].get(check.suite)
     if not samples:
         raise UserError(f"{db}: variant {run['variant']!r} has no eval set {check.suite!r}")
@@ -113,8 +113,9 @@ def evaluate(policy: Policy, db: Path, baseline: str, candidate: str, experiment
         cand_run = _latest(con, experiment, candidate, db)
         cand = [_values(con, cand_run, c, db) for c in policy.checks]
     with store.reader(baseline_db) as con:
-        base_run = _latest(con, baseline_experiment or (experiment if baseline_db == db else None) or
-                           (cand_run["experiment"] if baseline_db == db else None), baseline, baseline_db)
+        # In the same file the baseline is a variant of the candidate's experiment.
+        base_experiment = baseline_experiment or (cand_run["experiment"] if baseline_db == db else None)
+        base_run = _latest(con, base_experiment, baseline, baseline_db)
         base = [_values(con, base_run, c, baseline_db) for c in policy.checks]
 
     results = []
