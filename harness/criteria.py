@@ -383,19 +383,19 @@ def check_json_keys(output: str, ex: Example, c: JsonKeys) -> Result:
     return score, ("all keys present" if not missing else "missing " + ", ".join(missing))
 
 
-_SCHEMAS: dict[int, Any] = {}
-
-
 def schema_validator(c: JsonSchema):
-    """A compiled validator per criterion (validating the schema itself on every call would cost
-    more than the check)."""
-    v = _SCHEMAS.get(id(c))
-    if v is None:
-        from jsonschema.validators import validator_for
+    """The criterion's compiled validator (validating the schema itself on every call would cost more
+    than the check); cached by the schema's text, so equal schemas share one."""
+    return _compiled_schema(json.dumps(c.schema_, sort_keys=True))
 
-        cls = validator_for(c.schema_)
-        v = _SCHEMAS[id(c)] = (c, cls(c.schema_, format_checker=cls.FORMAT_CHECKER))
-    return v[1]
+
+@lru_cache(maxsize=64)
+def _compiled_schema(schema_text: str):
+    from jsonschema.validators import validator_for
+
+    schema = json.loads(schema_text)
+    cls = validator_for(schema)
+    return cls(schema, format_checker=cls.FORMAT_CHECKER)
 
 
 def check_json_schema(output: str, ex: Example, c: JsonSchema) -> Result:

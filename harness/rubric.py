@@ -27,7 +27,7 @@ from harness import criteria as C
 from harness.config import project_root, read_yaml_mapping, resolve_path, validate
 from harness.data import Example
 from harness.errors import UserError
-from harness.stats import bootstrap_mean_ci, wilson_ci
+from harness.stats import bootstrap_ci, wilson_ci
 
 
 class Rubric(BaseModel):
@@ -36,10 +36,6 @@ class Rubric(BaseModel):
     description: str = ""
     pass_threshold: float = Field(ge=0, le=1)  # required: no silent default
     criteria: list[C.Criterion] = Field(min_length=1)
-
-    @property
-    def uses_judge(self) -> bool:
-        return any(isinstance(c, C.LlmJudge) for c in self.criteria)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,7 +247,7 @@ def suite_metrics(scores: list[SampleScore], examples: list[Example] | None = No
 def _metrics(scores: list[SampleScore]) -> list[dict]:
     n = len(scores)
     passed = sum(s.passed for s in scores)
-    lo, hi = bootstrap_mean_ci([s.score for s in scores])
+    lo, hi = bootstrap_ci([s.score for s in scores])
     p_lo, p_hi = wilson_ci(passed, n)
     rows = [
         {"metric": "score", "value": sum(s.score for s in scores) / n, "ci_low": lo, "ci_high": hi, "n": n,
@@ -264,13 +260,13 @@ def _metrics(scores: list[SampleScore]) -> list[dict]:
             lo, hi = wilson_ci(int(sum(vals)), n)
             method = "wilson"
         else:
-            lo, hi = bootstrap_mean_ci(vals)
+            lo, hi = bootstrap_ci(vals)
             method = "bootstrap-percentile"
         rows.append({"metric": f"criterion:{c.criterion}", "value": sum(vals) / n, "ci_low": lo, "ci_high": hi,
                      "n": n, "ci_method": method})
         if c.detail is not None and "agreement" in c.detail:  # a judge asked several times
             agree = [s.criteria[j].detail["agreement"] for s in scores]
-            lo, hi = bootstrap_mean_ci(agree)
+            lo, hi = bootstrap_ci(agree)
             rows.append({"metric": f"agreement:{c.criterion}", "value": sum(agree) / n, "ci_low": lo, "ci_high": hi,
                          "n": n, "ci_method": "bootstrap-percentile"})
     return rows

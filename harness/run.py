@@ -117,7 +117,7 @@ def variant_hashes(cfg: Config, inputs: Inputs) -> dict[str, Hashes]:
     return out
 
 
-def _now() -> datetime:
+def utc_now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
@@ -181,7 +181,7 @@ def _run_variant(cfg, v: Variant, inputs: Inputs, policy: DevicePolicy, db: Path
                  cached: dict[str, dict[str, str] | None], specs: dict, run_ids: dict, force: bool,
                  progress: bool, log) -> VariantOutcome:
     exp = cfg.experiment
-    started = _now()
+    started = utc_now()
     run_id = f"{exp.name}/{v.name}/{h.config[:10]}-{started.strftime('%Y%m%dT%H%M%S%f')}"
     data = training_data(v, inputs)
     run = {
@@ -255,7 +255,7 @@ def _run_variant(cfg, v: Variant, inputs: Inputs, policy: DevicePolicy, db: Path
         del model
         # Re-scored outputs cost what generating them cost (plus seconds of scoring): keep that figure.
         eval_wall_s = earlier[0]["eval_wall_s"] if earlier is not None else time.perf_counter() - t0
-        run.update(eval_wall_s=eval_wall_s, status="finished", finished_at=_now())
+        run.update(eval_wall_s=eval_wall_s, status="finished", finished_at=utc_now())
         store.write_run(db, run, train_log, metrics, outputs, samples, suites)
         specs[v.name], run_ids[v.name] = spec, run_id
         return VariantOutcome(v.name, "finished", run_id, metrics=metrics)
@@ -264,7 +264,7 @@ def _run_variant(cfg, v: Variant, inputs: Inputs, policy: DevicePolicy, db: Path
     except Exception as exc:  # one variant failing must not lose the others
         message = f"{type(exc).__name__}: {exc}"
         log(f"[{v.name}] failed: {message}")
-        run.update(status="failed", finished_at=_now(), error=traceback.format_exc()[-4000:])
+        run.update(status="failed", finished_at=utc_now(), error=traceback.format_exc()[-4000:])
         run.setdefault("artifact_json", None)
         store.write_run(db, run, train_log, [], [], [])
         return VariantOutcome(v.name, "failed", run_id, message)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime, timezone
 from pathlib import Path
 
 from harness import __version__, store
@@ -84,9 +83,9 @@ def store_external(db: Path, experiment: str, variant: str, suite: str, system: 
                    examples: list[Example], outputs: list[str], scores, metrics: list[dict], slices: list[str],
                    predictions_sha: str) -> tuple[str, bool]:
     """(run_id, stored now): the same outputs, rubric and names already stored are not stored twice."""
-    from harness.run import output_rows, sample_rows, suite_row
+    from harness.run import output_rows, utc_now, sample_rows, suite_row
 
-    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    now = utc_now()
     config_hash = content_hash({"predictions": predictions_sha, "rubric": rubric.model_dump(mode="json"),
                                 "slices": slices, "suite": suite, "experiment": experiment, "variant": variant,
                                 "system": system, "harness": __version__})

@@ -87,10 +87,6 @@ def bootstrap_ci(scores: Sequence[float], confidence: float = 0.95, n_resamples:
     return _percentile_interval(bootstrap_means(x, n_resamples, seed), confidence)
 
 
-# The name the rubric stage has used since the first issue.
-bootstrap_mean_ci = bootstrap_ci
-
-
 def paired_diff_ci(a: Sequence[float], b: Sequence[float], confidence: float = 0.95, n_resamples: int = 10_000,
                    seed: int = 0) -> tuple[float, float, float, float]:
     """(mean(a - b), low, high, p_value) for per-sample scores of two variants on the same samples.

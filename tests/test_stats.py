@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from harness.stats import bootstrap_mean_ci, wilson_ci
+from harness.stats import bootstrap_ci, wilson_ci
 
 
 def test_wilson_matches_the_formula():
@@ -30,16 +30,16 @@ def test_wilson_edges():
 
 def test_bootstrap_agrees_with_normal_theory_for_large_n():
     x = np.random.default_rng(1).normal(0.6, 0.2, size=2000)
-    lo, hi = bootstrap_mean_ci(x)
+    lo, hi = bootstrap_ci(x)
     t_lo, t_hi = sps.t.interval(0.95, len(x) - 1, loc=x.mean(), scale=sps.sem(x))
     assert lo == pytest.approx(t_lo, abs=0.002) and hi == pytest.approx(t_hi, abs=0.002)
 
 
 def test_bootstrap_is_seeded_and_guards_small_samples():
     x = [0.1, 0.5, 0.9, 0.4, 0.7]
-    assert bootstrap_mean_ci(x, seed=3) == bootstrap_mean_ci(x, seed=3)
-    assert all(math.isnan(v) for v in bootstrap_mean_ci([0.5]))
-    assert bootstrap_mean_ci([1.0, 1.0, 1.0]) == (1.0, 1.0)
+    assert bootstrap_ci(x, seed=3) == bootstrap_ci(x, seed=3)
+    assert all(math.isnan(v) for v in bootstrap_ci([0.5]))
+    assert bootstrap_ci([1.0, 1.0, 1.0]) == (1.0, 1.0)
 
 
 # --- issue 4: bootstrap_ci, paired differences, McNemar, Holm -------------------------------------
