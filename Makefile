@@ -19,7 +19,8 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 # The demo: six variants of the embedded model, then a rules baseline scored as an external system
-# beside them (is a tuned model better than the keywords we have?), then the report of both.
+# beside them (is a tuned model better than the keywords we have?), then the report of both, then
+# the regression gate as CI would run it (exit 1 if full SFT does not pass the policy in demo.yaml).
 demo: setup
 	$(VENV)/bin/harness run experiments/demo.yaml
 	$(PY) experiments/keyword_baseline.py > results/keywords.jsonl
@@ -27,6 +28,8 @@ demo: setup
 		--data experiments/data/tickets_test.jsonl --slice category --slice priority \
 		--db results/harness.duckdb --experiment demo --suite tickets --system "keyword rules"
 	$(VENV)/bin/harness report --experiment demo --out reports/demo.html
+	$(VENV)/bin/harness gate --policy experiments/demo.yaml --baseline base --candidate sft \
+		--junit reports/gate.xml --summary reports/gate.md
 
 smoke: setup
 	$(VENV)/bin/harness run experiments/smoke.yaml --db results/smoke.duckdb

@@ -98,6 +98,33 @@ class GenerationSettings(Strict):
     do_sample: Literal[False] = False  # greedy: results that cannot be reproduced cannot gate anything
 
 
+class Check(Strict):
+    """One gate check (see harness/gate.py for what min_diff, margin and floor mean)."""
+    suite: str
+    metric: str = "pass_rate"  # score | pass_rate | criterion:NAME
+    slice: str = "all"
+    min_diff: float | None = Field(None, ge=-1, le=1)
+    margin: float | None = Field(None, ge=0, le=1)
+    floor: float | None = Field(None, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _something_to_check(self):
+        if self.min_diff is not None and self.margin is not None:
+            raise ValueError("set 'min_diff' or 'margin' (= −min_diff), not both")
+        if self.min_diff is None and self.margin is None and self.floor is None:
+            raise ValueError("a check needs 'min_diff', 'margin' or 'floor'")
+        return self
+
+    @property
+    def lower_limit(self) -> float | None:
+        return -self.margin if self.margin is not None else self.min_diff
+
+
+class Policy(Strict):
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    checks: list[Check] = Field(min_length=1)
+
+
 class Experiment(Strict):
     name: str = Field(pattern=NAME_PATTERN)
     model: str
@@ -109,6 +136,7 @@ class Experiment(Strict):
     defaults: dict[str, Any] = {}
     variants: dict[str, dict[str, Any]] = Field(min_length=1)
     baseline: str = "base"  # the variant every other one is compared with (paired, per metric and slice)
+    gate: Policy | None = None  # read by `harness gate --policy EXPERIMENT_FILE`
 
     @field_validator("variants")
     @classmethod
@@ -125,6 +153,15 @@ class Experiment(Strict):
         if self.baseline != "base" and self.baseline not in self.variants:
             raise ValueError(f"field 'baseline': {self.baseline!r} is not a variant; expected one of: "
                              f"{', '.join(self.variants)}")
+        return self
+
+    @model_validator(mode="after")
+    def _gate_names_eval_sets(self) -> "Experiment":
+        names = [e.name for e in self.eval]
+        for i, check in enumerate(self.gate.checks if self.gate else []):
+            if check.suite not in names:
+                raise ValueError(f"field 'gate.checks.{i}.suite': {check.suite!r} is not an eval set; "
+                                 f"expected one of: {', '.join(names)}")
         return self
 
     @model_validator(mode="after")

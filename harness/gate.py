@@ -20,41 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
 from harness import store
 from harness.compare import per_sample_values
-from harness.config import read_yaml_mapping, validate
+from harness.config import Check, Policy, read_yaml_mapping, validate
 from harness.errors import UserError
 from harness.stats import bootstrap_ci, paired_diff_ci, wilson_ci
-
-
-class Check(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    suite: str
-    metric: str = "pass_rate"  # score | pass_rate | criterion:NAME
-    slice: str = "all"
-    min_diff: float | None = Field(None, ge=-1, le=1)
-    margin: float | None = Field(None, ge=0, le=1)
-    floor: float | None = Field(None, ge=0, le=1)
-
-    @model_validator(mode="after")
-    def _something_to_check(self):
-        if self.min_diff is not None and self.margin is not None:
-            raise ValueError("set 'min_diff' or 'margin' (= −min_diff), not both")
-        if self.min_diff is None and self.margin is None and self.floor is None:
-            raise ValueError("a check needs 'min_diff', 'margin' or 'floor'")
-        return self
-
-    @property
-    def lower_limit(self) -> float | None:
-        return -self.margin if self.margin is not None else self.min_diff
-
-
-class Policy(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    confidence: float = Field(0.95, gt=0.5, lt=1)
-    checks: list[Check] = Field(min_length=1)
 
 
 def load_policy(path: Path) -> Policy:

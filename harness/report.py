@@ -52,18 +52,19 @@ def _bar(m: dict | None) -> str:
             f'<div class="fill" style="width:{v * 100:.1f}%"></div>{ci}</div>')
 
 
-def _diff(d: dict | None) -> str:
+def _diff(d: dict | None, holm: bool = False) -> str:
     """A paired difference with its interval; coloured only when the interval excludes 0."""
     if not d or d["diff"] is None or math.isnan(d["ci_low"]):
         return "–"
     cls = "pass" if d["ci_low"] > 0 else "fail" if d["ci_high"] < 0 else ""
+    p = d["p_holm"] if holm else d["p_value"]
     return (f"<span class='{cls}'>{d['diff']:+.2f}</span> <span class='ci-txt'>[{d['ci_low']:+.2f}, "
-            f"{d['ci_high']:+.2f}] {_p(d['p_value'])}</span>")
+            f"{d['ci_high']:+.2f}] {_p(p)}</span>")
 
 
 def _p(p: float) -> str:
     # A bootstrap p-value of 0 means "below 1 / resamples", never exactly 0.
-    return "p<0.001" if p < 0.001 else f"p={p:.3f}"
+    return "" if p != p else "p<0.001" if p < 0.001 else f"p={p:.3f}"
 
 
 def _int(x) -> str:
@@ -78,6 +79,35 @@ def _cost_cells(r: dict) -> str:
             f'<td class="num">{_int(r["trainable_params"])}</td><td class="num">{_int(r["train_tokens"])}</td>')
 
 
+def _differences(suite: str, diffs: list[dict], runs: list[dict], baseline: str) -> list[str]:
+    """Every metric's paired difference against the baseline, over all samples and then per slice;
+    p-values Holm-adjusted over the variants compared."""
+    if not diffs:
+        return []
+    variants = [r["variant"] for r in runs if any(d["run_id"] == r["run_id"] for d in diffs)]
+    cell = {(d["variant"], d["metric"], d["slice"]): d for d in diffs}
+    metrics = sorted({d["metric"] for d in diffs}, key=lambda m: (m != "score", m != "pass_rate", m))
+    slices = sorted({d["slice"] for d in diffs} - {"all"})
+
+    def table(rows: list[tuple[str, str]], by_slice: bool) -> str:
+        head = "".join(f"<th>{escape(v)}</th>" for v in variants)
+        body = "".join(
+            "<tr>" + (f"<td>{escape(sl)}</td>" if by_slice else "") + f"<td>{escape(m.removeprefix('criterion:'))}</td>"
+            + "".join(f"<td class='num'>{_diff(cell.get((v, m, sl)), holm=True)}</td>" for v in variants) + "</tr>"
+            for m, sl in rows)
+        return (f"<div class='wide'><table><tr>{'<th>slice</th>' if by_slice else ''}<th>metric</th>{head}</tr>"
+                f"{body}</table></div>")
+
+    out = [f"<h3>Differences against {escape(baseline)} (paired, every metric)</h3>",
+           "<p class='meta'>Each cell: variant − baseline on the same samples, its 95% interval and the "
+           "Holm-adjusted p-value; green or red only when the interval excludes 0.</p>",
+           table([(m, "all") for m in metrics], by_slice=False)]
+    if slices:
+        out.append(f"<details><summary>The same per slice ({len(slices)} slices × {len(metrics)} metrics)</summary>"
+                   + table([(m, sl) for sl in slices for m in metrics], by_slice=True) + "</details>")
+    return out
+
+
 def render(db: Path, experiment: str | None = None) -> str:
     with store.reader(db) as con:
         runs = store.latest_runs(con, experiment)
@@ -88,8 +118,8 @@ def render(db: Path, experiment: str | None = None) -> str:
         metrics = store.query(con, "SELECT * FROM metrics WHERE list_contains(?, run_id)", [ids])
         outputs = store.query(con, "SELECT * FROM outputs WHERE list_contains(?, run_id) ORDER BY suite, sample_id", [ids])
         suite_rows = store.query(con, "SELECT * FROM suites WHERE list_contains(?, run_id)", [ids])
-        diffs = store.query(con, "SELECT * FROM comparisons WHERE list_contains(?, run_id) AND slice = 'all' "
-                                 "AND test = 'paired-bootstrap' AND metric IN ('score', 'pass_rate')", [ids])
+        diffs = store.query(con, "SELECT * FROM comparisons WHERE list_contains(?, run_id) "
+                                 "AND test = 'paired-bootstrap'", [ids])
         reasons = store.query(
             con, "SELECT run_id, suite, sample_id, string_agg(criterion || ': ' || reason, '; ' ORDER BY criterion) "
             "AS why FROM samples WHERE list_contains(?, run_id) AND score < 1 GROUP BY ALL", [ids])
@@ -103,7 +133,7 @@ def render(db: Path, experiment: str | None = None) -> str:
             by_slice[(m["suite"], m["slice"])][m["run_id"]] = m
     suites = list(dict.fromkeys(m["suite"] for m in metrics))
     rubric_of = {s["suite"]: s for s in suite_rows}
-    diff_of = {(d["run_id"], d["suite"], d["metric"]): d for d in diffs}
+    diff_of = {(d["run_id"], d["suite"], d["metric"]): d for d in diffs if d["slice"] == "all"}
     baseline = next((d["baseline"] for d in diffs), None)
     experiments = list(dict.fromkeys(r["experiment"] for r in runs))
     title = ", ".join(experiments)
@@ -162,6 +192,8 @@ def render(db: Path, experiment: str | None = None) -> str:
                 parts.append(f"<tr><td>{escape(sl)}</td><td class='num'>{_int(n)}</td>"
                              + "".join(f"<td>{_bar(cells.get(r['run_id']))}</td>" for r in finished) + "</tr>")
             parts.append("</table>")
+        if baseline:
+            parts.extend(_differences(suite, [d for d in diffs if d["suite"] == suite], runs, baseline))
 
     why = {(x["run_id"], x["suite"], x["sample_id"]): x["why"] for x in reasons}
     variant_of = {r["run_id"]: r["variant"] for r in runs}

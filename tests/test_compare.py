@@ -18,7 +18,8 @@ def _run(db, variant, scores, passed, minute, cats):
         {"run_id": run_id, "experiment": "e", "variant": variant, "method": "none", "status": "finished",
          "config_hash": variant, "base_model": "m", "harness_version": "0",
          "started_at": datetime(2026, 1, 1, 0, minute), "finished_at": datetime(2026, 1, 1, 0, minute + 1)},
-        [], [],
+        [], [{"suite": "t", "metric": "score", "slice": "all", "value": float(np.mean(scores)), "ci_low": None,
+              "ci_high": None, "n": len(scores), "ci_method": None}],
         # Stored in a different order per variant: comparisons must pair by id, not by position.
         [{"suite": "t", "sample_id": f"s{i:03d}", "score": s, "passed": p, "fields": json.dumps({"cat": c})}
          for i, s, p, c in sorted(zip(range(len(scores)), scores, passed, cats), key=lambda r: (r[0] * 7919 + minute) % 101)],
@@ -70,3 +71,27 @@ def test_no_baseline_no_comparisons(tmp_path):
     _run(db, "lora", [0.5, 0.6], [True, False], 0, ["a", "b"])
     with store.reader(db) as con:
         assert compare_experiment(con, "e", "base") == []
+
+
+def test_report_shows_every_metric_and_slice_against_the_baseline(tmp_path):
+    from harness.compare import refresh
+    from harness.report import render
+
+    rng = np.random.default_rng(3)
+    n = 90
+    cats = ["a" if i % 2 else "b" for i in range(n)]
+    base = rng.random(n)
+    lora = np.clip(base + rng.normal(0.2, 0.1, n), 0, 1)
+    db = tmp_path / "r.duckdb"
+    _run(db, "base", base, base > 0.5, 0, cats)
+    _run(db, "lora", lora, lora > 0.5, 2, cats)
+    assert refresh(db, "e") > 0
+    html = render(db, "e")
+    assert "Differences against base (paired, every metric)" in html
+    b = np.array([c == "b" for c in cats])
+    for metric, a, base_values in (("c", lora > 0.5, base > 0.5), ("score", lora, base)):
+        for mask, slice_cell in ((np.ones(n, bool), ""), (b, "<td>cat=b</td>")):
+            diff, lo, hi, _ = paired_diff_ci(a[mask].astype(float), base_values[mask].astype(float))
+            # One candidate: the Holm-adjusted p is the raw p, and the cell shows diff [low, high].
+            assert f"{slice_cell}<td>{metric}</td><td class='num'><span class='pass'>{diff:+.2f}</span> " \
+                   f"<span class='ci-txt'>[{lo:+.2f}, {hi:+.2f}]" in html

@@ -49,6 +49,7 @@ def test_repo_experiments_load():
     demo = load_config(ROOT / "experiments" / "demo.yaml")
     assert [v.method for v in demo.variants] == [
         Method.none, Method.prompt, Method.sft, Method.lora, Method.qlora, Method.dpo]
+    assert [c.suite for c in demo.experiment.gate.checks] == ["tickets", "tickets", "general"]  # the inline gate policy
     smoke = load_config(ROOT / "experiments" / "smoke.yaml")
     assert {v.name for v in smoke.variants} == {v.name for v in demo.variants}
 
@@ -82,6 +83,11 @@ def test_parents_run_before_children(project):
     (MINIMAL.replace("  base: {method: none}", "  base: {method: sft, prompt: {few_shot: 2}}"), "only method 'prompt' takes"),
     (MINIMAL + "  q: {method: qlora, init_from: lora}\n", "cannot be chained"),
     (MINIMAL + "baseline: lroa\n", "field 'baseline': 'lroa' is not a variant; expected one of: base, lora, dpo"),
+    (MINIMAL + "gate:\n  checks:\n    - {suite: tickets, metrc: score, floor: 0.5}\n",
+     "field 'gate.checks.0.metrc': unknown key; did you mean 'metric'?"),
+    (MINIMAL + "gate:\n  checks:\n    - {suite: tickts, floor: 0.5}\n",
+     "field 'gate.checks.0.suite': 'tickts' is not an eval set; expected one of: tickets"),
+    (MINIMAL + "gate:\n  checks:\n    - {suite: tickets, floor: 1.5}\n", "field 'gate.checks.0.floor': input should be less than or equal to 1"),
     ("name: t\nmodel: [unclosed\n", "invalid YAML"),
     ("- just\n- a list\n", "expected a mapping of experiment fields"),
 ])

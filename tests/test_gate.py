@@ -4,6 +4,7 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
+from conftest import ROOT
 from test_compare import _run
 
 from harness.cli import main
@@ -64,6 +65,25 @@ def test_the_reverse_fails_with_exit_1_and_junit_failures(dbs, capsys):
     assert code == 1 and "2 of 2 checks fail" in capsys.readouterr().out
     failures = list(ET.parse(junit).getroot().iter("failure"))
     assert len(failures) == 2 and "lower bound" in failures[0].get("message")
+
+
+def test_junit_output_validates_against_the_ant_junit_schema(dbs):
+    from lxml import etree
+
+    schema = etree.XMLSchema(etree.parse(str(ROOT / "tests" / "data" / "junit-ant.xsd")))
+    for baseline, candidate in (("base", "lora"), ("lora", "base")):  # all passing, all failing
+        junit = dbs["tmp"] / f"{candidate}.xml"
+        main(["gate", "--db", str(dbs["db"]), "--baseline", baseline, "--candidate", candidate,
+              "--policy", str(policy(dbs["tmp"], GAIN)), "--junit", str(junit)])
+        document = etree.parse(str(junit))
+        assert schema.validate(document), schema.error_log
+    # The schema is strict enough to catch what reporters reject: no hostname, a failure without a type.
+    root = document.getroot()
+    del root.attrib["hostname"]
+    assert not schema.validate(document)
+    root.set("hostname", "h")
+    del root.find("testcase/failure").attrib["type"]
+    assert not schema.validate(document)
 
 
 def test_non_inferiority_margin_and_slices(dbs, capsys):

@@ -86,7 +86,7 @@ def test_report_and_ls(smoke, capsys):
         assert f"<td>{name}</td>" in html or f"<td class='best'>{name}</td>" in html
     assert "<script" not in html  # the report runs no code at all
     assert "a sample passes when its weighted score is at least 1 and every required criterion is met" in html
-    assert "pass rate − base (paired)" in html
+    assert "pass rate − base (paired)" in html and "Differences against base (paired, every metric)" in html
     assert "Pass rate per slice" in html and "category=technical" in html and "priority=urgent" in html
     assert main(["ls", "--db", str(smoke["db"])]) == 0
     listing = capsys.readouterr().out
