@@ -57,6 +57,20 @@ class TrainSettings(Strict):
     max_length: int = Field(256, gt=8)
     warmup_steps: int = Field(0, ge=0)
     beta: float = Field(0.1, gt=0)  # DPO only
+    # Overfitting: a fraction of the training data, chosen by the hash of each example's id (the
+    # same examples on every run), is held out; its loss is measured every `eval_steps`.
+    validation: float = Field(0.0, ge=0, lt=0.5)
+    eval_steps: int = Field(10, gt=0)
+    early_stopping_patience: int | None = Field(None, gt=0)  # evaluations without a lower validation loss
+    # Forgetting mitigation (replay): this fraction of the training mix comes from `data.replay`.
+    replay: float = Field(0.0, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _early_stopping_needs_validation(self):
+        if self.early_stopping_patience is not None and not self.validation:
+            raise ValueError("field 'early_stopping_patience': early stopping watches the validation loss; "
+                             "set 'validation' (e.g. 0.1) too")
+        return self
 
 
 class PromptSettings(Strict):
@@ -77,19 +91,64 @@ class Variant(Strict):
 
 
 class EvalSet(Strict):
+    """One evaluation suite, of one of three types: `data` + `rubric` (generate, then score), or
+    `perplexity` (mean token negative log-likelihood on a reference text), or `lm_eval` (a local
+    lm-evaluation-harness task YAML; optional extra `lm-eval`)."""
+
     name: str = Field(pattern=NAME_PATTERN)
-    data: str
-    rubric: str
+    data: str | None = None
+    rubric: str | None = None
+    perplexity: str | None = None  # a UTF-8 text file (documents separated by blank lines), or python:pydoc_topics
+    lm_eval: str | None = None
     # A `task` set is what the variants are tuned for: a prompt variant's system prompt and examples
-    # apply to it. A `general` set measures other skills and is asked plainly of every variant.
-    kind: Literal["task", "general"] = "task"
+    # apply to it. A `general` set measures other skills (forgetting) and is asked plainly of every
+    # variant. Perplexity and lm-eval suites are general.
+    kind: Literal["task", "general"] | None = None
     limit: int | None = Field(None, gt=0)
     slices: list[str] = []  # sample fields to break every metric down by, e.g. [category, difficulty]
+    # Forgetting: a variant is flagged when the whole interval of its change against the untouched
+    # base lies below −tolerance (pass-rate points for rubric and lm-eval suites, nats per token for
+    # perplexity).
+    tolerance: float = Field(0.0, ge=0)
+    max_length: int = Field(256, gt=8)  # perplexity: tokens scored per document (longer ones are cut)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_kind(cls, raw):
+        if isinstance(raw, dict) and raw.get("kind") is None:
+            raw = {**raw, "kind": "general" if raw.get("perplexity") or raw.get("lm_eval") else "task"}
+        return raw
+
+    @model_validator(mode="after")
+    def _one_type(self):
+        given = [k for k in ("perplexity", "lm_eval") if getattr(self, k)] + (["data"] if self.data or self.rubric else [])
+        if len(given) != 1:
+            raise ValueError("an eval set is `data` + `rubric`, or `perplexity`, or `lm_eval`"
+                             + (f"; got {' and '.join(given)}" if given else ""))
+        if self.data and not self.rubric:
+            raise ValueError("field 'rubric': required with 'data' (the rubric that scores the outputs)")
+        if self.rubric and not self.data:
+            raise ValueError("field 'data': required with 'rubric' (the samples to generate outputs for)")
+        if self.type != "rubric" and self.kind == "task":
+            raise ValueError(f"a {self.type} suite measures general skills: it cannot be kind 'task'")
+        if self.type != "rubric" and self.slices:
+            raise ValueError("field 'slices': only rubric suites (data + rubric) have sample fields to slice by")
+        return self
+
+    @property
+    def type(self) -> str:
+        return "perplexity" if self.perplexity else "lm_eval" if self.lm_eval else "rubric"
+
+    @property
+    def headline(self) -> str:
+        """The metric that stands for the suite in forgetting checks."""
+        return {"rubric": "pass_rate", "perplexity": "nll", "lm_eval": "score"}[self.type]
 
 
 class DataSettings(Strict):
     train: str | None = None
     preference: str | None = None
+    replay: str | None = None  # general prompt/completion data mixed in by `train.replay`
 
 
 class GenerationSettings(Strict):
@@ -297,6 +356,12 @@ def _check_variant(path: Path, exp: Experiment, v: Variant) -> None:
         needed = "preference" if v.method == Method.dpo else "train"
         if getattr(exp.data, needed) is None:
             raise UserError(f"{where}.data': method '{v.method.value}' needs training data: set 'data.{needed}' or the variant's 'data'")
+    if v.train.replay:
+        if v.method not in (Method.sft, Method.lora, Method.qlora):
+            raise UserError(f"{where}.train.replay': replay mixes prompt/completion data into SFT, LoRA or QLoRA "
+                            f"training, not into method '{v.method.value}'")
+        if not exp.data.replay:
+            raise UserError(f"{where}.train.replay': set 'data.replay' to the general data to mix in")
 
 
 def read_yaml_mapping(path: Path, what: str, expected: str) -> dict:
@@ -355,12 +420,15 @@ def load_config(path: str | os.PathLike) -> Config:
     root = project_root(path.resolve())
     cfg = Config(path=path, root=root, experiment=exp, variants=_order_variants(path, variants))
     # Resolve every path now so that a path outside the root fails before anything runs.
-    for field, rel in [("data.train", exp.data.train), ("data.preference", exp.data.preference)]:
+    for field, rel in [("data.train", exp.data.train), ("data.preference", exp.data.preference),
+                       ("data.replay", exp.data.replay)]:
         if rel:
             cfg.resolve(rel, field)
     for i, e in enumerate(exp.eval):
-        cfg.resolve(e.data, f"eval.{i}.data")
-        cfg.resolve(e.rubric, f"eval.{i}.rubric")
+        for field in ("data", "rubric", "lm_eval", "perplexity"):
+            rel = getattr(e, field)
+            if rel and not (field == "perplexity" and rel.startswith("python:")):
+                cfg.resolve(rel, f"eval.{i}.{field}")
     for v in cfg.variants:
         if v.data:
             cfg.resolve(v.data, f"variants.{v.name}.data")

@@ -149,3 +149,33 @@ def load_jsonl(path: Path, kind: Kind, limit: int | None = None) -> Dataset:
     if limit is not None:
         examples = examples[:limit]
     return Dataset(path=path, kind=kind, examples=examples, sha256=hashlib.sha256(blob).hexdigest())
+
+
+def split_by_hash(examples: list[Example], fraction: float) -> tuple[list[Example], list[Example]]:
+    """(train, validation): an example is held out when the hash of its id falls below `fraction`,
+    so the split is the same on every run and an example never changes side when others are added."""
+    def unit(ex: Example) -> float:
+        return int(hashlib.sha256(f"validation:{ex.id}".encode()).hexdigest()[:12], 16) / 16**12
+
+    held = [ex for ex in examples if unit(ex) < fraction]
+    kept = [ex for ex in examples if unit(ex) >= fraction]
+    return kept, held
+
+
+def mix_replay(task: list[Example], replay: list[Example], fraction: float, seed: int) -> list[Example]:
+    """The task examples plus replay examples making up `fraction` of the result, drawn with a
+    seeded generator (cycling through the replay data if it is too small), shuffled together."""
+    import random
+
+    if not fraction or not replay:
+        return list(task)
+    rng = random.Random(seed)
+    n = round(len(task) * fraction / (1 - fraction))
+    pool = list(replay)
+    drawn: list[Example] = []
+    while len(drawn) < n:
+        rng.shuffle(pool)
+        drawn += pool[: n - len(drawn)]
+    mixed = list(task) + drawn
+    rng.shuffle(mixed)
+    return mixed
