@@ -25,13 +25,18 @@ def per_sample_values(con: duckdb.DuckDBPyConnection, run_ids: list[str]) -> dic
     slice labels of each sample."""
     values: dict = defaultdict(lambda: defaultdict(dict))
     labels: dict = defaultdict(dict)
-    slices = {(r["run_id"], r["suite"]): json.loads(r["slices"] or "[]")
-              for r in store.query(con, "SELECT run_id, suite, slices FROM suites WHERE list_contains(?, run_id)", [run_ids])}
+    suites = {(r["run_id"], r["suite"]): r
+              for r in store.query(con, "SELECT run_id, suite, slices, type FROM suites WHERE list_contains(?, run_id)",
+                                   [run_ids])}
     for o in store.query(con, "SELECT run_id, suite, sample_id, score, passed, fields FROM outputs "
                               "WHERE list_contains(?, run_id)", [run_ids]):
-        values[o["run_id"]][o["suite"]][o["sample_id"]] = {"score": o["score"], "pass_rate": float(o["passed"])}
+        suite = suites.get((o["run_id"], o["suite"]), {})
+        if suite.get("type") == "perplexity":  # a document's mean token nll; nothing passes or fails
+            values[o["run_id"]][o["suite"]][o["sample_id"]] = {"nll": o["score"]}
+        else:
+            values[o["run_id"]][o["suite"]][o["sample_id"]] = {"score": o["score"], "pass_rate": float(o["passed"])}
         fields = json.loads(o["fields"] or "{}")
-        labels[(o["suite"], o["sample_id"])] = ["all"] + slice_labels(fields, slices.get((o["run_id"], o["suite"]), []))
+        labels[(o["suite"], o["sample_id"])] = ["all"] + slice_labels(fields, json.loads(suite.get("slices") or "[]"))
     for s in store.query(con, "SELECT run_id, suite, sample_id, criterion, score FROM samples "
                               "WHERE list_contains(?, run_id)", [run_ids]):
         values[s["run_id"]][s["suite"]][s["sample_id"]][f"criterion:{s['criterion']}"] = s["score"]
@@ -91,10 +96,47 @@ def compare_experiment(con: duckdb.DuckDBPyConnection, experiment: str, baseline
     return compare_runs(con, base, [r for r in runs if r["variant"] != baseline], **kw)
 
 
+HEADLINE = {"rubric": "pass_rate", "perplexity": "nll", "lm_eval": "score"}
+LOWER_IS_BETTER = {"nll"}
+
+
+def base_changes(con: duckdb.DuckDBPyConnection, experiment: str, comparisons: list[dict] = ()) -> list[dict]:
+    """Every variant against the untouched base model (the experiment's `method: none` variant), per
+    suite, on the suite's headline metric, oriented so that a positive change is better. On general
+    suites a variant is forgetting when the whole interval lies below −tolerance. `comparisons`
+    already computed against that base are reused."""
+    runs = [r for r in store.latest_runs(con, experiment) if r["status"] == "finished"]
+    ref = next((r for r in runs if r["method"] == "none"), None)
+    if ref is None:
+        return []
+    rows = [r for r in comparisons if r["baseline_run_id"] == ref["run_id"]]
+    if not rows:
+        rows = compare_runs(con, ref, [r for r in runs if r is not ref])
+    suites = {s["suite"]: s for s in store.query(con, "SELECT suite, type, kind, tolerance FROM suites WHERE run_id = ?",
+                                                 [ref["run_id"]])}
+    out = []
+    for r in rows:
+        suite = suites.get(r["suite"])
+        if suite is None or r["slice"] != "all" or r["test"] != "paired-bootstrap" \
+                or r["metric"] != HEADLINE[suite["type"] or "rubric"]:
+            continue
+        sign = -1 if r["metric"] in LOWER_IS_BETTER else 1
+        low, high = sorted((sign * r["ci_low"], sign * r["ci_high"]))
+        general = suite["kind"] == "general"
+        tolerance = suite["tolerance"] or 0.0
+        out.append({"experiment": experiment, "reference": ref["variant"], "reference_run_id": ref["run_id"],
+                    "variant": r["variant"], "run_id": r["run_id"], "suite": r["suite"], "kind": suite["kind"] or "task",
+                    "metric": r["metric"], "n": r["n"], "change": sign * r["diff"], "ci_low": low, "ci_high": high,
+                    "tolerance": tolerance if general else None, "forgetting": bool(general and high < -tolerance)})
+    return out
+
+
 def refresh(db, experiment: str, baseline: str = "base") -> int:
-    """Recompute and store an experiment's comparisons; the number of rows written."""
+    """Recompute and store an experiment's comparisons and changes against the untouched base; the
+    number of comparison rows written."""
     store.upgrade(db)
     with store.reader(db) as con:
         rows = compare_experiment(con, experiment, baseline)
-    store.write_comparisons(db, experiment, rows)
+        changes = base_changes(con, experiment, rows)
+    store.write_comparisons(db, experiment, rows, changes)
     return len(rows)

@@ -25,11 +25,13 @@ from typing import Callable
 
 from harness import __version__
 from harness.config import Config, EvalSet, Method, Variant, content_hash
-from harness.data import Dataset, load_jsonl
+from harness.data import Dataset, Example, load_jsonl, mix_replay, split_by_hash
 from harness.errors import UserError
 from harness.generate import build_messages, generate
 from harness.models import DevicePolicy, ModelSpec, device_policy, load_model, load_tokenizer, model_fingerprint, resolve_model
-from harness.rubric import Rubric, check_rubric_fits, check_slices, load_rubric, score_samples, suite_metrics
+from harness.perplexity import Corpus, load_corpus, perplexity_metrics, token_nll
+from harness.rubric import (Rubric, SampleScore, check_rubric_fits, check_slices, load_rubric, score_samples,
+                            suite_metrics)
 from harness import store
 
 
@@ -42,7 +44,9 @@ class Inputs:
     train: Dataset | None
     preference: Dataset | None
     variant_data: dict[str, Dataset]  # per-variant training data overrides
-    eval_sets: list[tuple[EvalSet, Dataset, Rubric]]
+    replay: Dataset | None  # general data mixed into training by `train.replay`
+    # Rubric suites: (set, Dataset, Rubric); perplexity: (set, Corpus, None); lm-eval: (set, Path, None).
+    eval_sets: list[tuple[EvalSet, Dataset | Corpus | Path, Rubric | None]]
 
 
 @dataclass
@@ -65,15 +69,27 @@ def load_inputs(cfg: Config) -> Inputs:
                            "preference" if v.method == Method.dpo else "sft")
         for v in cfg.variants if v.data
     }
+    replay = load_jsonl(cfg.resolve(exp.data.replay, "data.replay"), "sft") if exp.data.replay else None
     eval_sets = []
     for i, e in enumerate(exp.eval):
+        if e.type == "perplexity":
+            path = None if e.perplexity.startswith("python:") else cfg.resolve(e.perplexity, f"eval.{i}.perplexity")
+            corpus = load_corpus(e.perplexity, path, f"{cfg.path}: field 'eval.{i}.perplexity'", e.limit)
+            eval_sets.append((e, corpus, None))
+            continue
+        if e.type == "lm_eval":
+            task = cfg.resolve(e.lm_eval, f"eval.{i}.lm_eval")
+            if not task.is_file():
+                raise UserError(f"{cfg.path}: field 'eval.{i}.lm_eval': task file {e.lm_eval!r} not found")
+            eval_sets.append((e, task, None))
+            continue
         ds = load_jsonl(cfg.resolve(e.data, f"eval.{i}.data"), "eval", limit=e.limit)
         rubric_path = cfg.resolve(e.rubric, f"eval.{i}.rubric")
         rubric = load_rubric(rubric_path, cfg.root)
         check_rubric_fits(rubric, rubric_path, ds.examples, ds.path)
         check_slices(e.slices, ds.examples, f"{cfg.path}: field 'eval.{i}.slices':")
         eval_sets.append((e, ds, rubric))
-    return Inputs(model_path, model_fingerprint(model_path), train, pref, variant_data, eval_sets)
+    return Inputs(model_path, model_fingerprint(model_path), train, pref, variant_data, replay, eval_sets)
 
 
 def training_data(v: Variant, inputs: Inputs) -> Dataset | None:
@@ -82,6 +98,21 @@ def training_data(v: Variant, inputs: Inputs) -> Dataset | None:
     if v.name in inputs.variant_data:
         return inputs.variant_data[v.name]
     return inputs.preference if v.method == Method.dpo else inputs.train
+
+
+def training_split(v: Variant, data: Dataset, inputs: Inputs, seed: int) -> tuple[Dataset, list[Example]]:
+    """What the trainer sees: the variant's data less its validation split (by hash of the ids),
+    with replay data mixed in; and the validation examples (task data only)."""
+    train, validation = split_by_hash(data.examples, v.train.validation)
+    if not train:
+        raise UserError(f"{data.path}: a validation fraction of {v.train.validation} leaves no training examples")
+    if v.train.replay:
+        train = mix_replay(train, inputs.replay.examples, v.train.replay, seed)
+    return dataclasses.replace(data, examples=train), validation
+
+
+def _eval_data_hash(ds) -> str:
+    return ds.sha256 if hasattr(ds, "sha256") else content_hash(ds.read_text(encoding="utf-8"))
 
 
 @dataclass(frozen=True)
@@ -94,7 +125,7 @@ class Hashes:
 def variant_hashes(cfg: Config, inputs: Inputs) -> dict[str, Hashes]:
     exp = cfg.experiment
     evals = [
-        {"eval": e.model_dump(mode="json"), "data": ds.sha256, "rubric": r.model_dump(mode="json")}
+        {"eval": e.model_dump(mode="json"), "data": _eval_data_hash(ds), "rubric": r.model_dump(mode="json") if r else None}
         for e, ds, r in inputs.eval_sets
     ]
     generation = exp.generation.model_dump(mode="json")
@@ -107,11 +138,13 @@ def variant_hashes(cfg: Config, inputs: Inputs) -> dict[str, Hashes]:
             "parent": out[v.init_from].train if v.init_from else None,
             "model": exp.model, "model_fingerprint": inputs.model_fingerprint,
             "data": data.sha256 if data else None, "few_shot_data": shots,
+            "replay_data": inputs.replay.sha256 if (data and v.train.replay) else None,
             "seed": exp.seed, "harness": __version__, "trust_remote_code": exp.trust_remote_code,
         })
         config_hash = content_hash({"train": train_hash, "eval": evals, "generation": generation})
-        gen = {e.name: content_hash({"train": train_hash, "data": ds.sha256, "limit": e.limit, "kind": e.kind,
-                                     "generation": generation})
+        gen = {e.name: content_hash({"train": train_hash, "data": _eval_data_hash(ds), "limit": e.limit, "kind": e.kind,
+                                     "generation": generation,
+                                     **({"type": e.type, "max_length": e.max_length} if e.type != "rubric" else {})})
                for e, ds, _ in inputs.eval_sets}
         out[v.name] = Hashes(train_hash, config_hash, gen)
     return out
@@ -215,44 +248,58 @@ def _run_variant(cfg, v: Variant, inputs: Inputs, policy: DevicePolicy, db: Path
             spec = start
             if v.method.trains:
                 out_dir = artifacts / exp.name / f"{v.name}-{h.train[:12]}"
-                result = _train_or_reuse(v, start, data, out_dir, policy, exp, force, progress, log)
+                result = _train_or_reuse(v, start, data, inputs, out_dir, policy, exp, force, progress, log)
                 spec = ModelSpec(**result["model"])
                 train_log = [{"step": int(e.get("step", 0)), "loss": e.get("loss"), "learning_rate": e.get("learning_rate"),
                               "extra": json.dumps({k: x for k, x in e.items() if k not in ("step", "loss", "learning_rate")})}
                              for e in result["loss_curve"]]
+                train_log += [{"step": int(e["step"]), "eval_loss": e["eval_loss"]} for e in result.get("eval_curve", [])]
                 run.update(train_wall_s=result["wall_s"], peak_mem_mb=result["peak_mem_mb"],
                            trainable_params=result["trainable_params"], total_params=result["total_params"],
                            train_tokens=result["tokens"], train_steps=result["steps"])
         run["artifact_json"] = dataclasses.asdict(spec)
 
         t0 = time.perf_counter()
-        model = tokenizer = None
+        loaded: dict = {}
+
+        def model_and_tokenizer():
+            if not loaded:
+                loaded["model"] = load_model(spec, policy, exp.trust_remote_code)
+                loaded["tokenizer"] = load_tokenizer(spec.path, exp.trust_remote_code)
+                if run.get("total_params") is None:
+                    run["total_params"] = sum(p.numel() for p in loaded["model"].parameters())
+            return loaded["model"], loaded["tokenizer"]
+
         shots = inputs.train.examples[: v.prompt.few_shot] if (v.method == Method.prompt and inputs.train) else []
         metrics, outputs, samples, suites = [], [], [], []
         for e, ds, rubric in inputs.eval_sets:
             stored = cached.get(e.name)
-            if stored is not None:
-                texts = [stored[ex.id] for ex in ds.examples]
+            if e.type == "perplexity":
+                rows, suite_outputs = _perplexity_suite(e, ds, stored, model_and_tokenizer, exp.generation.batch_size)
+            elif e.type == "lm_eval":
+                rows, suite_outputs = _lm_eval_suite(e, ds, stored, model_and_tokenizer, exp.generation.batch_size)
             else:
-                if model is None:
-                    model = load_model(spec, policy, exp.trust_remote_code)
-                    tokenizer = load_tokenizer(spec.path, exp.trust_remote_code)
-                    if run.get("total_params") is None:
-                        run["total_params"] = sum(p.numel() for p in model.parameters())
-                use_prompt = v.method == Method.prompt and e.kind == "task"
-                prompts = [build_messages(ex.prompt, v.prompt if use_prompt else None, shots if use_prompt else [])
-                           for ex in ds.examples]
-                texts = generate(model, tokenizer, prompts, exp.generation, desc=f"[{v.name}] {e.name}",
-                                 progress=progress)
-            scores = score_samples(rubric, texts, ds.examples, progress=progress)
-            rows = suite_metrics(scores, ds.examples, e.slices)
+                if stored is not None:
+                    texts = [stored[ex.id]["output"] for ex in ds.examples]
+                else:
+                    model, tokenizer = model_and_tokenizer()
+                    use_prompt = v.method == Method.prompt and e.kind == "task"
+                    prompts = [build_messages(ex.prompt, v.prompt if use_prompt else None, shots if use_prompt else [])
+                               for ex in ds.examples]
+                    texts = generate(model, tokenizer, prompts, exp.generation, desc=f"[{v.name}] {e.name}",
+                                     progress=progress)
+                scores = score_samples(rubric, texts, ds.examples, progress=progress)
+                rows = suite_metrics(scores, ds.examples, e.slices)
+                suite_outputs = output_rows(e.name, ds.examples, texts, scores)
+                samples += sample_rows(e.name, scores)
             metrics += [{**r, "suite": e.name} for r in rows]
-            suites.append(suite_row(e.name, rubric, e.slices, len(ds.examples), h.gen[e.name]))
-            outputs += output_rows(e.name, ds.examples, texts, scores)
-            samples += sample_rows(e.name, scores)
+            outputs += suite_outputs
+            suites.append(suite_row(e.name, rubric, e.slices, len(suite_outputs), h.gen[e.name], e))
             head = {r["metric"]: r for r in rows if r["slice"] == "all"}
-            log(f"[{v.name}] {e.name}: score {_fmt(head['score'])}, pass rate {_fmt(head['pass_rate'])} (n={len(scores)})")
-        del model
+            shown = ("nll", "perplexity") if e.type == "perplexity" else ("score", "pass_rate")
+            log(f"[{v.name}] {e.name}: " + ", ".join(f"{m.replace('_', ' ')} {_fmt(head[m])}" for m in shown)
+                + f" (n={len(suite_outputs)})")
+        loaded.clear()
         # Re-scored outputs cost what generating them cost (plus seconds of scoring): keep that figure.
         eval_wall_s = earlier[0]["eval_wall_s"] if earlier is not None else time.perf_counter() - t0
         run.update(eval_wall_s=eval_wall_s, status="finished", finished_at=utc_now())
@@ -270,9 +317,46 @@ def _run_variant(cfg, v: Variant, inputs: Inputs, policy: DevicePolicy, db: Path
         return VariantOutcome(v.name, "failed", run_id, message)
 
 
-def suite_row(suite: str, rubric: Rubric, slices: list[str], n: int, gen_hash: str | None) -> dict:
-    return {"suite": suite, "rubric": rubric.name, "rubric_json": json.dumps(rubric.model_dump(mode="json", by_alias=True)),
-            "pass_threshold": rubric.pass_threshold, "slices": json.dumps(list(slices)), "n": n, "gen_hash": gen_hash}
+def suite_row(suite: str, rubric: Rubric | None, slices: list[str], n: int, gen_hash: str | None,
+              eval_set: EvalSet | None = None) -> dict:
+    row = {"suite": suite, "slices": json.dumps(list(slices)), "n": n, "gen_hash": gen_hash,
+           "type": eval_set.type if eval_set else "rubric", "kind": eval_set.kind if eval_set else "task",
+           "tolerance": eval_set.tolerance if eval_set else 0.0}
+    if rubric is not None:
+        row.update(rubric=rubric.name, rubric_json=json.dumps(rubric.model_dump(mode="json", by_alias=True)),
+                   pass_threshold=rubric.pass_threshold)
+    return row
+
+
+def _perplexity_suite(e: EvalSet, corpus: Corpus, stored: dict | None, model_and_tokenizer, batch_size: int):
+    """Metrics and output rows of a perplexity suite; stored values are reused as they are."""
+    if stored is not None:
+        values = [stored[doc_id]["score"] for doc_id, _ in corpus.documents]
+        tokens = [json.loads(stored[doc_id]["fields"] or "{}").get("tokens") for doc_id, _ in corpus.documents]
+    else:
+        model, tokenizer = model_and_tokenizer()
+        # Logits are batch × length × vocabulary floats: a quarter of the generation batch keeps them small.
+        nll = token_nll(model, tokenizer, [t for _, t in corpus.documents], e.max_length, max(1, batch_size // 4))
+        values, tokens = [total / n for total, n in nll], [n for _, n in nll]
+    rows = [{"suite": e.name, "sample_id": doc_id, "prompt": text, "reference": None, "output": None, "score": value,
+             "passed": None, "fields": json.dumps({"tokens": n})}
+            for (doc_id, text), value, n in zip(corpus.documents, values, tokens)]
+    return perplexity_metrics(values), rows
+
+
+def _lm_eval_suite(e: EvalSet, task: Path, stored: dict | None, model_and_tokenizer, batch_size: int):
+    """Metrics and output rows of an lm-evaluation-harness task: its first metric per document is
+    the score (a document passes at ≥ 0.5), so it compares and gates like a rubric suite."""
+    if stored is not None:
+        results = [{k: r[k] for k in ("sample_id", "prompt", "reference", "output", "score")} for r in stored.values()]
+    else:
+        from harness.lmeval import run_task
+
+        model, tokenizer = model_and_tokenizer()
+        results = run_task(model, tokenizer, task, limit=e.limit, batch_size=batch_size)
+    scores = [SampleScore(r["sample_id"], float(r["score"]), float(r["score"]) >= 0.5, []) for r in results]
+    rows = [{**r, "suite": e.name, "passed": s.passed, "fields": "{}"} for r, s in zip(results, scores)]
+    return suite_metrics(scores), rows
 
 
 def output_rows(suite: str, examples, texts: list[str], scores) -> list[dict]:
@@ -288,8 +372,8 @@ def sample_rows(suite: str, scores) -> list[dict]:
             for s in scores for c in s.criteria]
 
 
-def _train_or_reuse(v: Variant, start: ModelSpec, data: Dataset, out_dir: Path, policy: DevicePolicy, exp,
-                    force: bool, progress: bool, log) -> dict:
+def _train_or_reuse(v: Variant, start: ModelSpec, data: Dataset, inputs: Inputs, out_dir: Path, policy: DevicePolicy,
+                    exp, force: bool, progress: bool, log) -> dict:
     """Train, or reuse a finished training with the same training hash (its result file is
     written last, so its presence means the artifact is whole)."""
     from harness.train import train_variant
@@ -299,13 +383,19 @@ def _train_or_reuse(v: Variant, start: ModelSpec, data: Dataset, out_dir: Path, 
         log(f"[{v.name}] reusing trained model in {out_dir}")
         return json.loads(marker.read_text())
     marker.unlink(missing_ok=True)
+    train, validation = training_split(v, data, inputs, exp.seed)
     log(f"[{v.name}] training: {v.method.value}, {v.train.max_steps} steps of {v.train.batch_size} "
-        f"on {len(data.examples)} examples")
-    result = train_variant(v, start, data, out_dir, policy, exp.seed, exp.trust_remote_code, progress)
+        f"on {len(train.examples)} examples" + (f" ({v.train.replay:.0%} replay)" if v.train.replay else "")
+        + (f", validation loss on {len(validation)} held out" if validation else ""))
+    result = train_variant(v, start, train, out_dir, policy, exp.seed, exp.trust_remote_code, progress, validation)
     as_dict = dataclasses.asdict(result)
     marker.write_text(json.dumps(as_dict))
+    evals = result.eval_curve
+    val = (f", validation loss {evals[0]['eval_loss']:.3f} → {evals[-1]['eval_loss']:.3f} (lowest "
+           f"{min(e['eval_loss'] for e in evals):.3f})" if evals else "")
+    stopped = f", stopped early at step {result.steps}" if result.steps < v.train.max_steps else ""
     log(f"[{v.name}] trained in {result.wall_s:.0f} s: loss {result.loss_curve[0]['loss']:.3f} → "
-        f"{result.loss_curve[-1]['loss']:.3f}, {result.trainable_params:,} trainable parameters, "
+        f"{result.loss_curve[-1]['loss']:.3f}{val}{stopped}, {result.trainable_params:,} trainable parameters, "
         f"peak memory {result.peak_mem_mb:,.0f} MB")
     return as_dict
 

@@ -17,7 +17,7 @@ import duckdb
 
 from harness.errors import UserError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_info (key VARCHAR PRIMARY KEY, value VARCHAR);
@@ -52,12 +52,13 @@ CREATE TABLE IF NOT EXISTS runs (
     error VARCHAR
 );
 CREATE TABLE IF NOT EXISTS train_log (
-    run_id VARCHAR NOT NULL, step INTEGER, loss DOUBLE, learning_rate DOUBLE, extra JSON
+    run_id VARCHAR NOT NULL, step INTEGER, loss DOUBLE, learning_rate DOUBLE, extra JSON,
+    eval_loss DOUBLE                    -- validation loss, on the rows of the steps it was measured at
 );
 CREATE TABLE IF NOT EXISTS metrics (
     run_id VARCHAR NOT NULL,
     suite VARCHAR NOT NULL,             -- the eval set's name
-    metric VARCHAR NOT NULL,            -- score | pass_rate | criterion:<name>
+    metric VARCHAR NOT NULL,            -- score | pass_rate | criterion:<name>; nll | perplexity
     value DOUBLE, ci_low DOUBLE, ci_high DOUBLE, n INTEGER,
     ci_method VARCHAR,                  -- bootstrap-percentile | wilson
     slice VARCHAR NOT NULL DEFAULT 'all' -- 'all', or FIELD=VALUE for the samples with that value
@@ -66,12 +67,16 @@ CREATE TABLE IF NOT EXISTS suites (
     run_id VARCHAR NOT NULL, suite VARCHAR NOT NULL,
     rubric VARCHAR, rubric_json JSON,   -- the rubric as scored, criteria and threshold included
     pass_threshold DOUBLE, slices JSON, n INTEGER,
-    gen_hash VARCHAR                    -- content hash of what produced the outputs (model, data, generation)
+    gen_hash VARCHAR,                   -- content hash of what produced the outputs (model, data, generation)
+    type VARCHAR,                       -- rubric | perplexity | lm_eval
+    kind VARCHAR,                       -- task | general (general suites measure forgetting)
+    tolerance DOUBLE                    -- forgetting flagged when the change's interval lies below −tolerance
 );
 CREATE TABLE IF NOT EXISTS outputs (
     run_id VARCHAR NOT NULL, suite VARCHAR NOT NULL, sample_id VARCHAR NOT NULL,
     prompt VARCHAR, reference VARCHAR, output VARCHAR,
-    score DOUBLE, passed BOOLEAN, fields JSON
+    score DOUBLE,                       -- rubric or lm-eval score; perplexity suites: the document's mean token nll
+    passed BOOLEAN, fields JSON
 );
 CREATE TABLE IF NOT EXISTS samples (
     run_id VARCHAR NOT NULL, suite VARCHAR NOT NULL, sample_id VARCHAR NOT NULL,
@@ -85,6 +90,14 @@ CREATE TABLE IF NOT EXISTS comparisons (
     n INTEGER, baseline_value DOUBLE, value DOUBLE, diff DOUBLE, ci_low DOUBLE, ci_high DOUBLE,
     p_value DOUBLE, p_holm DOUBLE                -- Holm-adjusted over the variants compared with the baseline
 );
+
+CREATE TABLE IF NOT EXISTS base_changes (
+    experiment VARCHAR NOT NULL, reference VARCHAR, reference_run_id VARCHAR, variant VARCHAR, run_id VARCHAR,
+    suite VARCHAR, kind VARCHAR,        -- task: what was learned; general: what may have been forgotten
+    metric VARCHAR,                     -- the suite's headline: pass_rate, nll or score
+    n INTEGER, change DOUBLE, ci_low DOUBLE, ci_high DOUBLE,  -- variant − untouched base; for nll base − variant
+    tolerance DOUBLE, forgetting BOOLEAN -- general suites: the whole interval lies below −tolerance
+);
 """
 
 # Older files gain the new columns and tables in place (see `upgrade`).
@@ -92,6 +105,10 @@ MIGRATIONS = """
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS train_hash VARCHAR;
 ALTER TABLE metrics ADD COLUMN IF NOT EXISTS slice VARCHAR DEFAULT 'all';
 ALTER TABLE samples ADD COLUMN IF NOT EXISTS detail JSON;
+ALTER TABLE train_log ADD COLUMN IF NOT EXISTS eval_loss DOUBLE;
+ALTER TABLE suites ADD COLUMN IF NOT EXISTS type VARCHAR DEFAULT 'rubric';
+ALTER TABLE suites ADD COLUMN IF NOT EXISTS kind VARCHAR;
+ALTER TABLE suites ADD COLUMN IF NOT EXISTS tolerance DOUBLE DEFAULT 0;
 """
 
 TABLES = ("runs", "train_log", "metrics", "suites", "outputs", "samples")
@@ -207,11 +224,13 @@ def write_run(path: Path, run: dict[str, Any], train_log: list[dict], metrics: l
         _insert(con, "samples", [{**r, "run_id": run["run_id"]} for r in samples])
 
 
-def write_comparisons(path: Path, experiment: str, rows: list[dict[str, Any]]) -> None:
-    """Replace an experiment's comparisons, in one transaction."""
+def write_comparisons(path: Path, experiment: str, rows: list[dict[str, Any]], changes: list[dict[str, Any]]) -> None:
+    """Replace an experiment's comparisons and changes against the base, in one transaction."""
     with _transaction(path) as con:
         con.execute("DELETE FROM comparisons WHERE experiment = ?", [experiment])
+        con.execute("DELETE FROM base_changes WHERE experiment = ?", [experiment])
         _insert(con, "comparisons", rows)
+        _insert(con, "base_changes", changes)
 
 
 def finished_run(path: Path, config_hash: str) -> dict[str, Any] | None:
@@ -227,19 +246,19 @@ def finished_run(path: Path, config_hash: str) -> dict[str, Any] | None:
     return {"run_id": rows[0][0], "artifact": json.loads(rows[0][1]) if rows[0][1] else None}
 
 
-def stored_outputs(path: Path, gen_hash: str) -> dict[str, str] | None:
-    """Outputs (sample id → text) of the newest finished run that generated a suite with this
+def stored_outputs(path: Path, gen_hash: str) -> dict[str, dict[str, Any]] | None:
+    """Output rows (sample id → row) of the newest finished run that evaluated a suite with this
     content hash: the same model, data and generation settings give the same outputs."""
     if not path.exists():
         return None
     with reader(path) as con:
-        rows = con.execute("""
-            SELECT o.sample_id, o.output FROM outputs o
+        rows = query(con, """
+            SELECT o.* FROM outputs o
             JOIN (SELECT s.run_id, s.suite FROM suites s JOIN runs r USING (run_id)
                   WHERE s.gen_hash = ? AND r.status = 'finished'
                   ORDER BY r.finished_at DESC LIMIT 1) s
-              ON o.run_id = s.run_id AND o.suite = s.suite""", [gen_hash]).fetchall()
-    return dict(rows) if rows else None
+              ON o.run_id = s.run_id AND o.suite = s.suite""", [gen_hash])
+    return {r["sample_id"]: r for r in rows} if rows else None
 
 
 def trained_run(path: Path, train_hash: str) -> tuple[dict[str, Any], list[dict]] | None:
@@ -251,7 +270,7 @@ def trained_run(path: Path, train_hash: str) -> tuple[dict[str, Any], list[dict]
                           "ORDER BY finished_at DESC LIMIT 1", [train_hash])
         if not rows:
             return None
-        log = query(con, "SELECT step, loss, learning_rate, extra FROM train_log WHERE run_id = ? ORDER BY step",
+        log = query(con, "SELECT step, loss, learning_rate, extra, eval_loss FROM train_log WHERE run_id = ? ORDER BY step",
                     [rows[0]["run_id"]])
     return rows[0], log
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.config import Method, Variant
-from harness.data import Dataset
+from harness.data import Dataset, Example
 from harness.models import DevicePolicy, ModelSpec, load_base, load_model, load_tokenizer
 
 DEFAULT_LR = {Method.sft: 1e-4, Method.lora: 3e-4, Method.qlora: 3e-4, Method.dpo: 1e-4}
@@ -24,6 +24,7 @@ DEFAULT_LR = {Method.sft: 1e-4, Method.lora: 3e-4, Method.qlora: 3e-4, Method.dp
 class TrainResult:
     model: ModelSpec
     loss_curve: list[dict]  # one entry per logged step: step, loss, learning_rate, ...
+    eval_curve: list[dict]  # one entry per validation: step, eval_loss (empty without a validation split)
     wall_s: float
     peak_mem_mb: float
     trainable_params: int
@@ -130,13 +131,24 @@ def _common_args(variant: Variant, out_dir: Path, policy: DevicePolicy, seed: in
     )
 
 
-def _hf_dataset(data: Dataset):
+def _validation_args(variant: Variant) -> dict:
+    """Validation loss every `eval_steps`; with early stopping, checkpoints at the same steps so
+    that the best one is what training returns."""
+    t = variant.train
+    args = dict(eval_strategy="steps", eval_steps=t.eval_steps, per_device_eval_batch_size=t.batch_size)
+    if t.early_stopping_patience:
+        args.update(save_strategy="steps", save_steps=t.eval_steps, save_total_limit=2, load_best_model_at_end=True,
+                    metric_for_best_model="eval_loss", greater_is_better=False)
+    return args
+
+
+def _hf_dataset(examples: list[Example], kind: str):
     from datasets import Dataset as HFDataset
 
-    if data.kind == "preference":
-        rows = [{"prompt": e.prompt, "chosen": e.chosen, "rejected": e.rejected} for e in data.examples]
+    if kind == "preference":
+        rows = [{"prompt": e.prompt, "chosen": e.chosen, "rejected": e.rejected} for e in examples]
     else:
-        rows = [{"prompt": e.prompt, "completion": e.completion} for e in data.examples]
+        rows = [{"prompt": e.prompt, "completion": e.completion} for e in examples]
     return HFDataset.from_list(rows)
 
 
@@ -151,14 +163,13 @@ def _run(trainer, spec: ModelSpec, t0: float, mem: PeakMemory, desc: str | None)
     total = sum(p.numel() for p in model.parameters())
     with mem:
         trainer.train()
-    curve = [
-        {k: v for k, v in entry.items() if isinstance(v, (int, float))}
-        for entry in trainer.state.log_history
-        if "loss" in entry
-    ]
+    history = trainer.state.log_history
+    curve = [{k: v for k, v in e.items() if isinstance(v, (int, float))} for e in history if "loss" in e]
+    evals = [{"step": e["step"], "eval_loss": e["eval_loss"]} for e in history if "eval_loss" in e]
     return TrainResult(
         model=spec,
         loss_curve=curve,
+        eval_curve=evals,
         wall_s=time.perf_counter() - t0,
         peak_mem_mb=mem.mb,
         trainable_params=trainable,
@@ -186,9 +197,11 @@ def train_variant(
     seed: int,
     trust_remote_code: bool = False,
     progress: bool = True,
+    validation: list[Example] = (),
 ) -> TrainResult:
-    """Train `variant` starting from `start` (the base model, or its parent variant's result)."""
-    from transformers import set_seed
+    """Train `variant` starting from `start` (the base model, or its parent variant's result) on
+    `data`'s examples; with `validation` examples, measure their loss as training goes."""
+    from transformers import EarlyStoppingCallback, set_seed
     from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -196,8 +209,14 @@ def train_variant(
     t0 = time.perf_counter()
     mem = PeakMemory(policy.device)
     tokenizer = load_tokenizer(start.path, trust_remote_code)
-    dataset = _hf_dataset(data)
+    dataset = _hf_dataset(data.examples, data.kind)
     args = _common_args(variant, out_dir, policy, seed)
+    extra = {}
+    if validation:
+        args.update(_validation_args(variant))
+        extra["eval_dataset"] = _hf_dataset(list(validation), data.kind)
+        if variant.train.early_stopping_patience:
+            extra["callbacks"] = [EarlyStoppingCallback(early_stopping_patience=variant.train.early_stopping_patience)]
     method = variant.method
     desc = f"[{variant.name}] train" if progress else None
 
@@ -208,7 +227,7 @@ def train_variant(
         # With a PEFT model and no ref_model, TRL uses the model with its adapter disabled as the
         # reference: exactly the starting point.
         trainer = DPOTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
-                             peft_config=_lora_config(variant))
+                             peft_config=_lora_config(variant), **extra)
         adapter = out_dir / "adapter"
         result = _run(trainer, ModelSpec(start.path, (*start.adapters, str(adapter))), t0, mem, desc)
         trainer.model.save_pretrained(adapter)
@@ -218,7 +237,7 @@ def train_variant(
     if method == Method.sft:
         model = load_model(start, policy, trust_remote_code)
         model.train()
-        trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
+        trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer, **extra)
         weights = out_dir / "model"
         result = _run(trainer, ModelSpec(str(weights)), t0, mem, desc)
         trainer.model.save_pretrained(weights, safe_serialization=True)
@@ -238,7 +257,7 @@ def train_variant(
     else:
         raise ValueError(f"method {method.value!r} does not train")
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
-                         peft_config=_lora_config(variant))
+                         peft_config=_lora_config(variant), **extra)
     if method == Method.qlora:
         _keep_adapter_fp32_on_cpu(trainer.model, policy)
     adapter = out_dir / "adapter"

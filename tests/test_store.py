@@ -70,10 +70,11 @@ def test_a_schema_1_file_is_upgraded_in_place(tmp_path):
                                          "ci_high": 0.6, "n": 10, "ci_method": "bootstrap-percentile"}], [], [])
     con = duckdb.connect(str(db))  # make it what harness 0.1 of issue 2 wrote: schema 1
     con.execute("ALTER TABLE metrics DROP COLUMN slice; ALTER TABLE samples DROP COLUMN detail; "
-                "ALTER TABLE runs DROP COLUMN train_hash; DROP TABLE suites; "
+                "ALTER TABLE runs DROP COLUMN train_hash; DROP TABLE suites; ALTER TABLE train_log DROP COLUMN eval_loss; "
+                "DROP TABLE comparisons; DROP TABLE base_changes; "
                 "UPDATE schema_info SET value = '1' WHERE key = 'schema_version'")
     con.close()
-    with pytest.raises(UserError, match="schema version 1, this harness reads 3; any `harness run`"):
+    with pytest.raises(UserError, match=f"schema version 1, this harness reads {store.SCHEMA_VERSION}; any `harness run`"):
         with store.reader(db):
             pass
     store.upgrade(db)
@@ -81,4 +82,6 @@ def test_a_schema_1_file_is_upgraded_in_place(tmp_path):
         assert con.execute("SELECT slice, value FROM metrics").fetchall() == [("all", 0.5)]
         assert con.execute("SELECT count(*) FROM suites").fetchone() == (0,)
         assert con.execute("SELECT train_hash FROM runs").fetchone() == (None,)
+        assert con.execute("SELECT count(eval_loss) FROM train_log").fetchone() == (0,)
+        assert con.execute("SELECT count(*) FROM base_changes").fetchone() == (0,)
     assert store.finished_run(db, run_row()["config_hash"])["run_id"] == "e/v/1"
