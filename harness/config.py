@@ -165,13 +165,16 @@ class Check(Strict):
     min_diff: float | None = Field(None, ge=-1, le=1)
     margin: float | None = Field(None, ge=0, le=1)
     floor: float | None = Field(None, ge=0, le=1)
+    # Forgetting: the lower bound of the candidate's change against the untouched base model of its
+    # experiment, on the suite's headline metric (oriented so that lower is worse), ≥ −max_forgetting.
+    max_forgetting: float | None = Field(None, ge=0)
 
     @model_validator(mode="after")
     def _something_to_check(self):
         if self.min_diff is not None and self.margin is not None:
             raise ValueError("set 'min_diff' or 'margin' (= −min_diff), not both")
-        if self.min_diff is None and self.margin is None and self.floor is None:
-            raise ValueError("a check needs 'min_diff', 'margin' or 'floor'")
+        if self.min_diff is None and self.margin is None and self.floor is None and self.max_forgetting is None:
+            raise ValueError("a check needs 'min_diff', 'margin', 'floor' or 'max_forgetting'")
         return self
 
     @property

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 from harness import store
-from harness.compare import per_sample_values
+from harness.compare import HEADLINE, LOWER_IS_BETTER, per_sample_values
 from harness.config import Check, Policy, read_yaml_mapping, validate
 from harness.errors import UserError
 from harness.stats import bootstrap_ci, paired_diff_ci, wilson_ci
@@ -76,20 +76,55 @@ def _values(con, run: dict, check: Check, db: Path) -> dict[str, float]:
     return out
 
 
+def _forgetting(con, cand_run: dict, check: Check, confidence: float, db: Path) -> Result:
+    """The candidate against the untouched base (`method: none`) of its own experiment, on the
+    suite's headline metric, oriented so that a negative change is a loss."""
+    runs = [r for r in store.latest_runs(con, cand_run["experiment"]) if r["status"] == "finished"]
+    ref = next((r for r in runs if r["method"] == "none"), None)
+    if ref is None:
+        raise UserError(f"{db}: experiment {cand_run['experiment']!r} has no finished untouched base "
+                        "(a `method: none` variant): forgetting is measured against it")
+    suite = store.query(con, "SELECT type FROM suites WHERE run_id = ? AND suite = ?", [cand_run["run_id"], check.suite])
+    if not suite:
+        raise UserError(f"{db}: variant {cand_run['variant']!r} has no eval set {check.suite!r}")
+    metric = HEADLINE[suite[0]["type"] or "rubric"]
+    data = per_sample_values(con, [ref["run_id"], cand_run["run_id"]])["values"]
+    c_vals, b_vals = data[cand_run["run_id"]][check.suite], data[ref["run_id"]].get(check.suite, {})
+    ids = sorted(set(c_vals) & set(b_vals))
+    if not ids:
+        raise UserError(f"{check.suite}: the untouched base and the candidate share no samples")
+    sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
+    diff, lo, hi, _ = paired_diff_ci(np.array([sign * c_vals[i][metric] for i in ids]),
+                                     np.array([sign * b_vals[i][metric] for i in ids]), confidence)
+    limit = -check.max_forgetting
+    ok = lo >= limit - 1e-12 if not math.isnan(lo) else False
+    name = f"{check.suite}/{metric}: forgetting, {cand_run['variant']} − {ref['variant']}" \
+        + (" (sign flipped: lower nll is better)" if sign < 0 else "")
+    return Result(name, diff, lo, hi, f"lower bound ≥ {limit:+.3f}", ok,
+                  f"lower bound {lo:+.3f} {'≥' if ok else '<'} {limit:+.3f} (n={len(ids)} paired samples)", len(ids))
+
+
 def evaluate(policy: Policy, db: Path, baseline: str, candidate: str, experiment: str | None = None,
              baseline_db: Path | None = None, baseline_experiment: str | None = None) -> list[Result]:
     baseline_db = baseline_db or db
+    paired = [c.lower_limit is not None or c.floor is not None for c in policy.checks]
     with store.reader(db) as con:
         cand_run = _latest(con, experiment, candidate, db)
-        cand = [_values(con, cand_run, c, db) for c in policy.checks]
-    with store.reader(baseline_db) as con:
-        # In the same file the baseline is a variant of the candidate's experiment.
-        base_experiment = baseline_experiment or (cand_run["experiment"] if baseline_db == db else None)
-        base_run = _latest(con, base_experiment, baseline, baseline_db)
-        base = [_values(con, base_run, c, baseline_db) for c in policy.checks]
+        cand = [_values(con, cand_run, c, db) if p else {} for c, p in zip(policy.checks, paired)]
+        forgetting = {i: _forgetting(con, cand_run, c, policy.confidence, db)
+                      for i, c in enumerate(policy.checks) if c.max_forgetting is not None}
+    base = [{} for _ in policy.checks]
+    if any(c.lower_limit is not None for c in policy.checks):
+        with store.reader(baseline_db) as con:
+            # In the same file the baseline is a variant of the candidate's experiment.
+            base_experiment = baseline_experiment or (cand_run["experiment"] if baseline_db == db else None)
+            base_run = _latest(con, base_experiment, baseline, baseline_db)
+            base = [_values(con, base_run, c, baseline_db) if c.lower_limit is not None else {} for c in policy.checks]
 
     results = []
-    for check, c_vals, b_vals in zip(policy.checks, cand, base):
+    for i, (check, c_vals, b_vals) in enumerate(zip(policy.checks, cand, base)):
+        if i in forgetting:
+            results.append(forgetting[i])
         where = f"{check.suite}/{check.metric}" + ("" if check.slice == "all" else f"[{check.slice}]")
         if check.lower_limit is not None:
             ids = sorted(set(c_vals) & set(b_vals))

@@ -16,10 +16,13 @@ The contract of `run_task`:
   text; `output` is the chosen choice (multiple_choice), the generated text (generate_until) or
   the log-likelihood (loglikelihood tasks); `score` is the task's first metric for that document
   under its first filter (for multiple_choice `acc`: 1.0 when the gold choice has the highest
-  summed log-likelihood, else 0.0).
-- Side effects: none kept. lm-eval puts the model in eval mode (its training mode is restored
-  afterwards). lm-eval's `evaluate` is called rather than `simple_evaluate`, which would also
-  reseed the global RNGs; few-shot sampling keeps lm-eval's own fixed seed.
+  summed log-likelihood, else 0.0). For metrics lm-eval aggregates over the corpus (perplexity,
+  BLEU) it is the per-document item that aggregation starts from, e.g. the log-likelihood; a
+  metric whose item is not a number is refused.
+- Side effects: lm-eval puts the model in eval mode (its training mode is restored afterwards) and
+  gives a tokenizer without a pad token one. lm-eval's `evaluate` is called rather than
+  `simple_evaluate`, which would also reseed the global RNGs; few-shot sampling keeps lm-eval's
+  own fixed seed. datasets keeps its Arrow copy of the data under the harness cache directory.
 
 lm-eval is an optional extra, imported only here and only when called.
 """
@@ -32,6 +35,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from harness.errors import UserError
+from harness.models import cache_dir
 
 OFFLINE_FLAGS = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 FEWSHOT_SEED = 1234  # lm-eval's default, so few-shot examples match its own runs
@@ -63,7 +67,7 @@ def run_task(model, tokenizer, task_yaml: Path, limit: int | None = None, batch_
         loaded = manager.load([config])
         task = loaded["tasks"][config["task"]]
         # The two per-task settings simple_evaluate would make. It is not used because it also
-        # seeds the global RNGs, queries the hub for the model's sha, runs `git describe` and
+        # seeds the global RNGs, asks the hub for the model's sha, runs `git describe` and
         # torch's collect_env (2 s of subprocesses) on every call.
         if task.get_config("num_fewshot") is None:
             task.set_config(key="num_fewshot", value=0)
@@ -116,6 +120,8 @@ def _resolve_data_paths(dataset_kwargs: dict, base: Path) -> dict:
     for key in ("data_files", "data_dir"):
         if key in out:
             out[key] = resolve(out[key])
+    # datasets' Arrow copy of the data goes beside the harness's models, not into ~/.cache.
+    out.setdefault("cache_dir", str(cache_dir() / "datasets"))
     return out
 
 
@@ -133,16 +139,17 @@ def _per_document(task, samples: list[dict], task_yaml: Path) -> list[dict]:
     for s in samples:
         doc = s["doc"]
         metric = named if isinstance(named, str) and named in s else s["metrics"][0]
-        value = s[metric]
-        if not isinstance(value, (bool, int, float)):
-            raise UserError(f"{task_yaml}: field 'metric_list': the first metric {metric!r} gives no per-document number")
+        try:
+            score = float(s[metric])
+        except (TypeError, ValueError):
+            raise UserError(f"{task_yaml}: field 'metric_list': the first metric {metric!r} gives no per-document number") from None
         choices = task.doc_to_choice(doc) if output_type == "multiple_choice" else None
         rows.append({
             "sample_id": str(doc["id"]) if isinstance(doc, dict) and "id" in doc else str(s["doc_id"]),
             "prompt": s["arguments"][0][0],
             "reference": _reference(s["target"], choices),
             "output": _output(s["filtered_resps"], output_type, choices),
-            "score": float(value),
+            "score": score,
         })
     ids = [r["sample_id"] for r in rows]
     if len(set(ids)) != len(ids):
@@ -166,6 +173,6 @@ def _output(filtered_resps: list, output_type: str, choices: list[str] | None) -
         best = max(range(len(lls)), key=lambda i: lls[i])  # first of equals, as numpy's argmax
         return choices[best] if choices and best < len(choices) else str(best)
     first = filtered_resps[0]
-    if output_type == "generate_until":
-        return first if isinstance(first, str) else str(first)
-    return str(first[0] if isinstance(first, (tuple, list)) else first)
+    if isinstance(first, (tuple, list)) and first:  # (log-likelihood, is_greedy), or repeats
+        first = first[0]
+    return first if isinstance(first, str) else str(first)

@@ -110,7 +110,7 @@ def test_policy_inline_in_an_experiment_file(dbs):
     (["--candidate", "lorra"], GAIN, "no finished variant 'lorra'; expected one of: base, lora"),
     ([], "checks:\n  - {suite: nope, metric: score, min_diff: 0}\n", "variant 'lora' has no eval set 'nope'"),
     ([], "checks:\n  - {suite: t, metric: bleu, min_diff: 0}\n", "no values of metric 'bleu'"),
-    ([], "checks:\n  - {suite: t, metric: score}\n", "a check needs 'min_diff', 'margin' or 'floor'"),
+    ([], "checks:\n  - {suite: t, metric: score}\n", "a check needs 'min_diff', 'margin', 'floor' or 'max_forgetting'"),
     ([], "checks:\n  - {suite: t, metrc: score, floor: 0.1}\n", "field 'checks.0.metrc': unknown key; did you mean 'metric'?"),
     ([], "checks: []\n", "field 'checks'"),
     (["--db", "/nonexistent/r.duckdb"], GAIN, "results file not found"),
@@ -121,3 +121,18 @@ def test_usage_errors_exit_2_with_one_line(dbs, capsys, args, text, expected):
     code = main(base + args)
     err = capsys.readouterr().err
     assert code == 2 and expected in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_forgetting_is_measured_against_the_untouched_base(dbs, capsys):
+    # A third variant that lost ground on t: forgetting beyond 0.05 fails, whatever the baseline.
+    worse = np.clip(dbs["base"] - 0.2, 0, 1)
+    _run(dbs["db"], "hot", worse, worse > 0.5, 4, ["a"] * N)
+    text = "checks:\n  - {suite: t, max_forgetting: 0.05}\n"
+    code = main(["gate", "--db", str(dbs["db"]), "--baseline", "lora", "--candidate", "hot",
+                 "--policy", str(policy(dbs["tmp"], text))])
+    out = capsys.readouterr().out
+    assert code == 1 and "t/pass_rate: forgetting, hot − base" in out
+    _, p_lo, p_hi, _ = paired_diff_ci((worse > 0.5).astype(float), (dbs["base"] > 0.5).astype(float))
+    assert f"[{p_lo:.3f}, {p_hi:.3f}]" in out and p_hi < -0.05
+    assert main(["gate", "--db", str(dbs["db"]), "--baseline", "base", "--candidate", "lora",
+                 "--policy", str(policy(dbs["tmp"], text))]) == 0
