@@ -30,7 +30,8 @@ th{background:#f5f7f9;font-weight:600} td.num{text-align:right;font-variant-nume
 .ci-txt{color:#5b6670;font-size:.85em} .best{font-weight:700}
 .pass{color:#15803d;font-weight:600} .fail{color:#b91c1c;font-weight:600} .failed{color:#b91c1c}
 pre{white-space:pre-wrap;word-break:break-word;margin:0;font:12.5px/1.4 ui-monospace,Consolas,monospace;background:#f7f8fa;padding:.35rem;border-radius:4px}
-.wide{overflow-x:auto} .sample{margin:1rem 0 1.6rem} .sample h4{margin:.2rem 0}
+.wide{overflow-x:auto} .charts{display:flex;flex-wrap:wrap;gap:1rem} figure{margin:.5rem 0}
+figcaption{font-size:.9em;color:#3d4750;max-width:460px} svg.chart{background:#fbfcfd;border:1px solid #e4e8ec;border-radius:4px} .sample{margin:1rem 0 1.6rem} .sample h4{margin:.2rem 0}
 """
 
 
@@ -50,6 +51,13 @@ def _bar(m: dict | None) -> str:
         txt = f"{v:.2f}"
     return (f'<div>{txt}</div><div class="bar" title="95% confidence interval">'
             f'<div class="fill" style="width:{v * 100:.1f}%"></div>{ci}</div>')
+
+
+def _stat(m: dict | None) -> str:
+    """A value and its interval, for metrics without a 0–1 scale (nll, perplexity)."""
+    if not m or m["value"] is None:
+        return "–"
+    return f"{m['value']:.3f} <span class='ci-txt'>[{m['ci_low']:.3f}, {m['ci_high']:.3f}]</span>"
 
 
 def _diff(d: dict | None, holm: bool = False) -> str:
@@ -77,6 +85,157 @@ def _cost_cells(r: dict) -> str:
     mem = "–" if r["peak_mem_mb"] is None else f"{r['peak_mem_mb']:,.0f} MB"
     return (f'<td class="num">{train}</td><td class="num">{evals}</td><td class="num">{mem}</td>'
             f'<td class="num">{_int(r["trainable_params"])}</td><td class="num">{_int(r["train_tokens"])}</td>')
+
+
+OVERFIT_RISE = 0.10  # validation loss this far (relative) above its lowest value at the end: overfitting
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both axes (higher is better on both)."""
+    return [i for i, (x, y) in enumerate(points)
+            if not any(x2 >= x and y2 >= y and (x2 > x or y2 > y) for j, (x2, y2) in enumerate(points) if j != i)]
+
+
+def overfitting(eval_losses: list[float]) -> bool:
+    return len(eval_losses) >= 2 and eval_losses[-1] > min(eval_losses) * (1 + OVERFIT_RISE)
+
+
+def _scale(lo: float, hi: float, a: float, b: float):
+    span = (hi - lo) or 1.0
+    return lambda v: a + (v - lo) / span * (b - a)
+
+
+def _scatter_svg(points: list[dict], x_label: str, y_label: str, tolerance: float) -> str:
+    """Task gain (x) against capability change (y), each with its interval; the Pareto frontier
+    joined; the forgetting limit (−tolerance) dashed. Inline SVG: no script."""
+    W, H, L, R, T, B = 460, 320, 56, 16, 14, 42
+    xs = [v for p in points for v in (p["xlo"], p["xhi"])] + [0.0]
+    ys = [v for p in points for v in (p["ylo"], p["yhi"])] + [0.0, -tolerance]
+    pad_x, pad_y = 0.05 * ((max(xs) - min(xs)) or 1), 0.08 * ((max(ys) - min(ys)) or 1)
+    fx = _scale(min(xs) - pad_x, max(xs) + pad_x, L, W - R)
+    fy = _scale(min(ys) - pad_y, max(ys) + pad_y, H - B, T)
+    out = [f"<svg class='chart' viewBox='0 0 {W} {H}' width='{W}' height='{H}' role='img' "
+           f"aria-label='{escape(y_label)} against {escape(x_label)}'>",
+           f"<line x1='{L}' y1='{fy(0):.1f}' x2='{W - R}' y2='{fy(0):.1f}' stroke='#9aa5b1'/>",
+           f"<line x1='{fx(0):.1f}' y1='{T}' x2='{fx(0):.1f}' y2='{H - B}' stroke='#9aa5b1'/>"]
+    if tolerance:
+        out.append(f"<line x1='{L}' y1='{fy(-tolerance):.1f}' x2='{W - R}' y2='{fy(-tolerance):.1f}' "
+                   f"stroke='#b91c1c' stroke-dasharray='4 3'><title>forgetting limit −{tolerance:g}</title></line>")
+    front = sorted((points[i] for i in pareto_front([(p["x"], p["y"]) for p in points])), key=lambda p: p["x"])
+    if len(front) > 1:
+        out.append("<polyline fill='none' stroke='#15803d' stroke-width='1.5' stroke-dasharray='5 3' points='"
+                   + " ".join(f"{fx(p['x']):.1f},{fy(p['y']):.1f}" for p in front) + "'><title>Pareto frontier</title></polyline>")
+    for p in points:
+        x, y = fx(p["x"]), fy(p["y"])
+        color = "#b91c1c" if p["forgetting"] else "#15803d" if p in front else "#3b82c4"
+        out.append(f"<g><title>{escape(p['name'])}: gain {p['x']:+.3f} [{p['xlo']:+.3f}, {p['xhi']:+.3f}], change "
+                   f"{p['y']:+.3f} [{p['ylo']:+.3f}, {p['yhi']:+.3f}]</title>"
+                   f"<line x1='{fx(p['xlo']):.1f}' y1='{y:.1f}' x2='{fx(p['xhi']):.1f}' y2='{y:.1f}' stroke='{color}'/>"
+                   f"<line x1='{x:.1f}' y1='{fy(p['ylo']):.1f}' x2='{x:.1f}' y2='{fy(p['yhi']):.1f}' stroke='{color}'/>"
+                   f"<circle cx='{x:.1f}' cy='{y:.1f}' r='4' fill='{color}'/>"
+                   f"<text x='{x + 6:.1f}' y='{y - 6:.1f}' font-size='11'>{escape(p['name'])}</text></g>")
+    out.append(f"<text x='{(L + W - R) / 2:.0f}' y='{H - 8}' font-size='12' text-anchor='middle'>{escape(x_label)}</text>"
+               f"<text x='14' y='{(T + H - B) / 2:.0f}' font-size='12' text-anchor='middle' "
+               f"transform='rotate(-90 14 {(T + H - B) / 2:.0f})'>{escape(y_label)}</text>")
+    for v in (min(xs), max(xs)):
+        out.append(f"<text x='{fx(v):.1f}' y='{H - B + 14}' font-size='10' text-anchor='middle'>{v:+.2f}</text>")
+    for v in (min(ys), max(ys)):
+        out.append(f"<text x='{L - 4}' y='{fy(v) + 3:.1f}' font-size='10' text-anchor='end'>{v:+.2f}</text>")
+    return "".join(out) + "</svg>"
+
+
+def _forgetting_section(changes: list[dict], runs: list[dict]) -> list[str]:
+    """What each variant learned (task suites) and lost (general suites) against the untouched base."""
+    if not any(c["kind"] == "general" for c in changes):
+        return []
+    ref = changes[0]["reference"]
+    variants = [r["variant"] for r in runs if any(c["variant"] == r["variant"] for c in changes)]
+    suites = list(dict.fromkeys(c["suite"] for c in sorted(changes, key=lambda c: c["kind"] != "task")))
+    cell = {(c["variant"], c["suite"]): c for c in changes}
+    out = [f"<h2>Learning and forgetting</h2><p class='meta'>Every variant against the untouched model "
+           f"(<b>{escape(ref)}</b>) on the same samples, per suite, on its headline metric (pass rate; "
+           "nll for perplexity, with the sign turned so that a loss is negative), with 95% paired intervals. "
+           "A variant <span class='fail'>forgets</span> on a general suite when its whole interval lies "
+           "below −tolerance.</p>",
+           "<div class='wide'><table><tr><th>variant</th>"
+           + "".join(f"<th>{escape(s)} ({escape(next(c['kind'] for c in changes if c['suite'] == s))})</th>" for s in suites)
+           + "</tr>"]
+    for v in variants:
+        cells = []
+        for s in suites:
+            c = cell.get((v, s))
+            if c is None:
+                cells.append("<td class='num'>–</td>")
+                continue
+            d = {"diff": c["change"], "ci_low": c["ci_low"], "ci_high": c["ci_high"], "p_value": float("nan")}
+            flag = " <span class='fail'>forgetting</span>" if c["forgetting"] else ""
+            cells.append(f"<td class='num'>{_diff(d)}{flag}</td>")
+        out.append(f"<tr><td>{escape(v)}</td>{''.join(cells)}</tr>")
+    out.append("</table></div>")
+    task = next((c["suite"] for c in changes if c["kind"] == "task"), None)
+    if task:
+        charts = []
+        for s in [s for s in suites if any(c["suite"] == s and c["kind"] == "general" for c in changes)]:
+            pts = []
+            for v in variants:
+                gx, gy = cell.get((v, task)), cell.get((v, s))
+                if gx and gy:
+                    pts.append({"name": v, "x": gx["change"], "xlo": gx["ci_low"], "xhi": gx["ci_high"], "y": gy["change"],
+                                "ylo": gy["ci_low"], "yhi": gy["ci_high"], "forgetting": gy["forgetting"]})
+            if pts:
+                tol = next(c["tolerance"] or 0.0 for c in changes if c["suite"] == s)
+                charts.append(f"<figure><figcaption>{escape(s)}: change against {escape(ref)} (y) against the gain on "
+                              f"{escape(task)} (x)</figcaption>"
+                              + _scatter_svg(pts, f"{task}: gain", f"{s}: change", tol) + "</figure>")
+        out.append("<div class='charts'>" + "".join(charts) + "</div>"
+                   "<p class='meta'>Green, joined: the Pareto frontier (no other variant learned more and kept more). "
+                   "Red: forgetting. Bars: 95% intervals.</p>")
+    return out
+
+
+def _loss_svg(train: list[tuple[int, float]], evals: list[tuple[int, float]]) -> str:
+    W, H, L, R, T, B = 300, 150, 40, 8, 8, 22
+    pts = train + evals
+    steps, losses = [p[0] for p in pts], [p[1] for p in pts]
+    fx = _scale(min(steps), max(steps), L, W - R)
+    fy = _scale(min(losses), max(losses), H - B, T)
+
+    def line(series, color, dash=""):
+        return (f"<polyline fill='none' stroke='{color}' stroke-width='1.5' {dash} points='"
+                + " ".join(f"{fx(x):.1f},{fy(y):.1f}" for x, y in series) + "'/>") if len(series) > 1 else ""
+
+    return (f"<svg class='chart' viewBox='0 0 {W} {H}' width='{W}' height='{H}' role='img' aria-label='loss curves'>"
+            f"<line x1='{L}' y1='{H - B}' x2='{W - R}' y2='{H - B}' stroke='#9aa5b1'/>"
+            + line(train, "#3b82c4") + line(evals, "#d97706", "stroke-dasharray='4 2'")
+            + "".join(f"<circle cx='{fx(x):.1f}' cy='{fy(y):.1f}' r='2.5' fill='#d97706'/>" for x, y in evals)
+            + f"<text x='{L - 4}' y='{fy(max(losses)) + 4:.1f}' font-size='10' text-anchor='end'>{max(losses):.2f}</text>"
+            f"<text x='{L - 4}' y='{fy(min(losses)) + 4:.1f}' font-size='10' text-anchor='end'>{min(losses):.2f}</text>"
+            f"<text x='{W - R}' y='{H - 6}' font-size='10' text-anchor='end'>step {max(steps)}</text></svg>")
+
+
+def _training_section(logs: list[dict], runs: list[dict]) -> list[str]:
+    by_run = defaultdict(list)
+    for row in logs:
+        by_run[row["run_id"]].append(row)
+    figures = []
+    for r in runs:
+        rows = sorted(by_run.get(r["run_id"], []), key=lambda x: x["step"])
+        train = [(x["step"], x["loss"]) for x in rows if x["loss"] is not None]
+        evals = [(x["step"], x["eval_loss"]) for x in rows if x.get("eval_loss") is not None]
+        if not train:
+            continue
+        note = ""
+        if evals:
+            low = min(evals, key=lambda e: e[1])
+            note = f"validation loss {evals[-1][1]:.3f}, lowest {low[1]:.3f} at step {low[0]}"
+            if overfitting([e[1] for e in evals]):
+                note += f" <span class='fail'>overfitting</span> (ended more than {OVERFIT_RISE:.0%} above its lowest)"
+        figures.append(f"<figure><figcaption><b>{escape(r['variant'])}</b> ({escape(r['method'])}) {note}</figcaption>"
+                       + _loss_svg(train, evals) + "</figure>")
+    if not figures:
+        return []
+    return ["<h2>Training</h2><p class='meta'>Training loss (blue) and, where a validation split was held out, "
+            "validation loss (orange, dashed) per step.</p><div class='charts'>" + "".join(figures) + "</div>"]
 
 
 def _differences(suite: str, diffs: list[dict], runs: list[dict], baseline: str) -> list[str]:
@@ -120,6 +279,8 @@ def render(db: Path, experiment: str | None = None) -> str:
         suite_rows = store.query(con, "SELECT * FROM suites WHERE list_contains(?, run_id)", [ids])
         diffs = store.query(con, "SELECT * FROM comparisons WHERE list_contains(?, run_id) "
                                  "AND test = 'paired-bootstrap'", [ids])
+        changes = store.query(con, "SELECT * FROM base_changes WHERE list_contains(?, run_id)", [ids])
+        logs = store.query(con, "SELECT * FROM train_log WHERE list_contains(?, run_id)", [ids])
         reasons = store.query(
             con, "SELECT run_id, suite, sample_id, string_agg(criterion || ': ' || reason, '; ' ORDER BY criterion) "
             "AS why FROM samples WHERE list_contains(?, run_id) AND score < 1 GROUP BY ALL", [ids])
@@ -152,16 +313,29 @@ def render(db: Path, experiment: str | None = None) -> str:
     parts.append("<p class='meta'>Intervals are 95%: percentile bootstrap for mean scores, Wilson for pass rates. "
                  "Every variant is scored on the same samples.</p>")
 
+    parts.extend(_forgetting_section(changes, runs))
     for suite in suites:
         parts.append(f"<h2>{escape(suite)}</h2>")
-        if suite in rubric_of:
-            rb = rubric_of[suite]
+        rb = rubric_of.get(suite, {})
+        perplexity = rb.get("type") == "perplexity"
+        if rb.get("rubric"):
             parts.append(f"<p class='meta'>Rubric <b>{escape(rb['rubric'] or '')}</b>: a sample passes when its weighted "
                          f"score is at least {rb['pass_threshold']:g} and every required criterion is met.</p>")
-        best = max((by_run[r["run_id"]].get((suite, "score"), {}).get("value") or -1) for r in runs)
+        elif perplexity:
+            parts.append("<p class='meta'>Perplexity: mean token negative log-likelihood (nats) per document of a "
+                         "reference text, lower is better; perplexity = exp(nll).</p>")
+        elif rb.get("type") == "lm_eval":
+            parts.append("<p class='meta'>An lm-evaluation-harness task: the score is its first metric per document; "
+                         "a document passes at ≥ 0.5.</p>")
+        shown, headline = (("nll", "perplexity"), "nll") if perplexity else (("score", "pass_rate"), "pass_rate")
+        cell = _stat if perplexity else _bar
+        key = "score" if not perplexity else "nll"
+        values = [by_run[r["run_id"]].get((suite, key), {}).get("value") for r in runs]
+        best = (min if perplexity else max)((v for v in values if v is not None), default=None)
         crit_names = sorted({k[1] for rid in ids for k in by_run[rid] if k[0] == suite and k[1].startswith("criterion:")})
-        vs = f"<th>pass rate − {escape(baseline)} (paired)</th>" if baseline else ""
-        parts.append("<div class='wide'><table><tr><th>variant</th><th>method</th><th>score</th><th>pass rate</th>" + vs
+        vs = f"<th>{headline.replace('_', ' ')} − {escape(baseline)} (paired)</th>" if baseline else ""
+        parts.append("<div class='wide'><table><tr><th>variant</th><th>method</th>"
+                     + "".join(f"<th>{m.replace('_', ' ')}</th>" for m in shown) + vs
                      + "".join(f"<th>{escape(c.removeprefix('criterion:'))}</th>" for c in crit_names)
                      + "<th>train time</th><th>eval time</th><th>peak memory</th><th>trainable params</th>"
                        "<th>train tokens</th></tr>")
@@ -173,11 +347,13 @@ def render(db: Path, experiment: str | None = None) -> str:
                              f"{escape((r['error'] or '').strip().splitlines()[-1] if r['error'] else '')}</td>"
                              f"{_cost_cells(r)}</tr>")
                 continue
-            score = m.get((suite, "score"))
-            cls = " class='best'" if score and score["value"] == best else ""
+            score = m.get((suite, key))
+            if score is None:
+                continue  # a system that did not run this suite (outputs scored apart)
+            cls = " class='best'" if score["value"] == best else ""
             parts.append(f"<tr><td{cls}>{escape(r['variant'])}</td><td>{escape(r['method'])}</td>"
-                         f"<td>{_bar(score)}</td><td>{_bar(m.get((suite, 'pass_rate')))}</td>"
-                         + (f"<td class='num'>{_diff(diff_of.get((r['run_id'], suite, 'pass_rate')))}</td>" if baseline else "")
+                         + "".join(f"<td>{cell(m.get((suite, x)))}</td>" for x in shown)
+                         + (f"<td class='num'>{_diff(diff_of.get((r['run_id'], suite, headline)))}</td>" if baseline else "")
                          + "".join(f"<td class='num'>{_num((m.get((suite, c)) or {}).get('value'))}</td>" for c in crit_names)
                          + f"{_cost_cells(r)}</tr>")
         parts.append("</table></div>")
@@ -195,12 +371,15 @@ def render(db: Path, experiment: str | None = None) -> str:
         if baseline:
             parts.extend(_differences(suite, [d for d in diffs if d["suite"] == suite], runs, baseline))
 
+    parts.extend(_training_section(logs, runs))
     why = {(x["run_id"], x["suite"], x["sample_id"]): x["why"] for x in reasons}
     variant_of = {r["run_id"]: r["variant"] for r in runs}
     grouped: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for o in outputs:
         grouped[o["suite"]][o["sample_id"]].append(o)
     for suite in suites:
+        if rubric_of.get(suite, {}).get("type") == "perplexity":
+            continue  # documents of a reference text: no outputs to show
         parts.append(f"<h2>Sample outputs: {escape(suite)}</h2>")
         for sample_id in list(grouped[suite])[:SAMPLES_SHOWN]:
             rows = grouped[suite][sample_id]

@@ -111,8 +111,16 @@ def training_split(v: Variant, data: Dataset, inputs: Inputs, seed: int) -> tupl
     return dataclasses.replace(data, examples=train), validation
 
 
-def _eval_data_hash(ds) -> str:
+def _eval_data_hash(ds: Dataset | Corpus | Path) -> str:
     return ds.sha256 if hasattr(ds, "sha256") else content_hash(ds.read_text(encoding="utf-8"))
+
+
+def _describe(ds: Dataset | Corpus | Path) -> dict:
+    if isinstance(ds, Dataset):
+        return {"path": str(ds.path), "sha256": ds.sha256, "n": len(ds.examples)}
+    if isinstance(ds, Corpus):
+        return {"source": ds.source, "sha256": ds.sha256, "n": len(ds.documents)}
+    return {"lm_eval_task": str(ds), "sha256": _eval_data_hash(ds)}
 
 
 @dataclass(frozen=True)
@@ -226,15 +234,17 @@ def _run_variant(cfg, v: Variant, inputs: Inputs, policy: DevicePolicy, db: Path
         "dtype": policy.dtype_name, "config_json": v.model_dump(mode="json"),
         "data_json": {
             "train": {"path": str(data.path), "sha256": data.sha256, "n": len(data.examples)} if data else None,
-            "eval": {e.name: {"path": str(ds.path), "sha256": ds.sha256, "n": len(ds.examples)}
-                     for e, ds, _ in inputs.eval_sets},
+            "replay": ({"path": str(inputs.replay.path), "sha256": inputs.replay.sha256, "fraction": v.train.replay}
+                       if data and v.train.replay else None),
+            "eval": {e.name: _describe(ds) for e, ds, _ in inputs.eval_sets},
         },
         "generation_json": exp.generation.model_dump(mode="json"),
         "started_at": started,
     }
     train_log: list[dict] = []
     try:
-        earlier = store.trained_run(db, h.train) if all(o is not None for o in cached.values()) else None
+        # (--force leaves `cached` empty: then everything is trained and generated again.)
+        earlier = store.trained_run(db, h.train) if cached and all(o is not None for o in cached.values()) else None
         if earlier is not None:
             # Every eval set's outputs are stored: nothing to train or generate, only to score.
             source, train_log = earlier

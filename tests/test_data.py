@@ -74,3 +74,29 @@ def test_non_utf8_names_the_line(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(UserError, match="data file not found"):
         load_jsonl(tmp_path / "none.jsonl", "sft")
+
+
+def test_validation_split_is_stable_and_depends_only_on_each_id():
+    from harness.data import Example, split_by_hash
+
+    examples = [Example(id=f"ex-{i}", prompt=[{"role": "user", "content": str(i)}]) for i in range(2000)]
+    train, held = split_by_hash(examples, 0.1)
+    assert len(train) + len(held) == 2000 and not {e.id for e in train} & {e.id for e in held}
+    assert 160 <= len(held) <= 240  # binomial(2000, 0.1): mean 200, sd 13.4
+    # Adding examples never moves an old one to the other side.
+    more = examples + [Example(id=f"new-{i}", prompt=[{"role": "user", "content": "x"}]) for i in range(500)]
+    assert {e.id for e in held} <= {e.id for e in split_by_hash(more, 0.1)[1]}
+    assert split_by_hash(examples, 0.0) == (examples, [])
+
+
+def test_replay_makes_up_the_requested_fraction_of_the_mix():
+    from harness.data import Example, mix_replay
+
+    task = [Example(id=f"t{i}", prompt=[{"role": "user", "content": "t"}]) for i in range(300)]
+    replay = [Example(id=f"r{i}", prompt=[{"role": "user", "content": "r"}]) for i in range(40)]
+    mixed = mix_replay(task, replay, 0.25, seed=0)
+    n_replay = sum(e.id.startswith("r") for e in mixed)
+    assert n_replay == 100 and len(mixed) == 400  # 100 / 400 = 25%, cycling through 40 replay examples
+    assert {e.id for e in mixed if e.id.startswith("t")} == {e.id for e in task}
+    assert mixed == mix_replay(task, replay, 0.25, seed=0) and mixed != mix_replay(task, replay, 0.25, seed=1)
+    assert mix_replay(task, replay, 0.0, seed=0) == task

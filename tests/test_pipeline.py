@@ -27,13 +27,50 @@ def test_training_is_recorded(smoke):
         FROM runs""")}
     for name in ("sft", "lora", "qlora", "dpo"):
         steps, trainable, total, tokens, mem, wall, dtype = runs[name]
-        assert steps == 2 and tokens > 0 and mem > 0 and wall > 0
+        assert steps == (4 if name == "sft" else 2) and tokens > 0 and mem > 0 and wall > 0
         assert dtype == "float32"  # CPU policy
     assert runs["sft"][1] == runs["sft"][2]  # full fine-tune trains everything
     assert 0 < runs["lora"][1] < runs["lora"][2] / 2
     assert runs["base"][0] is None  # nothing trained
-    losses = rows(smoke["db"], "SELECT count(*), count(loss) FROM train_log t JOIN runs r USING (run_id) WHERE variant = 'lora'")
-    assert losses == [(2, 2)]
+    losses = rows(smoke["db"], "SELECT count(loss), list(step ORDER BY step) FILTER (eval_loss IS NOT NULL) "
+                               "FROM train_log t JOIN runs r USING (run_id) WHERE variant = 'lora'")
+    assert losses == [(2, [1, 2])]  # a training loss per step, a validation loss every eval_steps (1)
+    assert rows(smoke["db"], "SELECT count(eval_loss) FROM train_log JOIN runs USING (run_id) WHERE variant = 'qlora'") == [(0,)]
+
+
+def test_validation_split_and_replay_are_recorded(smoke):
+    data = {v: json.loads(d) for v, d in rows(smoke["db"], "SELECT variant, data_json FROM runs")}
+    assert data["lora"]["replay"]["fraction"] == 0.25 and data["lora"]["replay"]["path"].endswith("general_replay.jsonl")
+    assert data["qlora"]["replay"] is None
+    assert data["sft"]["eval"]["python_docs"] == {"source": "python:pydoc_topics", "n": 6,
+                                                  "sha256": data["base"]["eval"]["python_docs"]["sha256"]}
+
+
+def test_perplexity_suite_and_changes_against_the_untouched_base(smoke):
+    import numpy as np
+
+    from harness.stats import paired_diff_ci
+
+    nll = {v: dict(zip(ids, vals)) for v, ids, vals in rows(smoke["db"], """
+        SELECT variant, list(sample_id ORDER BY sample_id), list(score ORDER BY sample_id) FROM outputs
+        JOIN runs USING (run_id) WHERE suite = 'python_docs' GROUP BY variant""")}
+    assert len(nll["base"]) == 6 and all(v > 0 for v in nll["base"].values())
+    assert nll["base"] == nll["prompt"]  # a prompt changes nothing in a text's likelihood
+    (value, lo, hi, n), = rows(smoke["db"], "SELECT value, ci_low, ci_high, n FROM metrics JOIN runs USING (run_id) "
+                                            "WHERE variant = 'sft' AND suite = 'python_docs' AND metric = 'nll'")
+    assert value == pytest.approx(np.mean(list(nll["sft"].values()))) and lo <= value <= hi and n == 6
+    changes = {(v, s): (m, c, lo, hi, f) for v, s, m, c, lo, hi, f in rows(smoke["db"], """
+        SELECT variant, suite, metric, change, ci_low, ci_high, forgetting FROM base_changes""")}
+    assert ("base", "tickets") not in changes and {s for _, s in changes} == {"tickets", "general", "python_docs"}
+    ids = sorted(nll["base"])
+    for variant in ("sft", "lora", "qlora", "dpo"):
+        metric, change, lo, hi, forgetting = changes[(variant, "python_docs")]
+        # Lower nll is better: the change is base − variant, so that a loss is negative.
+        diff, d_lo, d_hi, _ = paired_diff_ci(np.array([nll[variant][i] for i in ids]), np.array([nll["base"][i] for i in ids]))
+        assert metric == "nll" and (change, lo, hi) == pytest.approx((-diff, -d_hi, -d_lo))
+        assert forgetting == (hi < 0)  # tolerance 0
+    assert changes[("prompt", "python_docs")][1] == 0
+    assert changes[("lora", "general")][0] == "pass_rate"
 
 
 def test_dpo_starts_from_lora(smoke):
@@ -88,6 +125,8 @@ def test_report_and_ls(smoke, capsys):
     assert "a sample passes when its weighted score is at least 1 and every required criterion is met" in html
     assert "pass rate − base (paired)" in html and "Differences against base (paired, every metric)" in html
     assert "Pass rate per slice" in html and "category=technical" in html and "priority=urgent" in html
+    assert "Learning and forgetting" in html and "python_docs: change against base" in html and "<svg" in html
+    assert "<h2>Training</h2>" in html and "validation loss" in html
     assert main(["ls", "--db", str(smoke["db"])]) == 0
     listing = capsys.readouterr().out
     assert "qlora" in listing and "finished" in listing
