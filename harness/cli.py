@@ -93,6 +93,7 @@ def _quiet_libraries() -> None:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()  # "Loading weights" bars between our own progress lines
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)  # per-call notes about how the model was passed
     from datasets.utils import logging as ds_logging
 
     ds_logging.set_verbosity_error()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import hashlib
 import json
 import platform
 import time
@@ -112,7 +113,12 @@ def training_split(v: Variant, data: Dataset, inputs: Inputs, seed: int) -> tupl
 
 
 def _eval_data_hash(ds: Dataset | Corpus | Path) -> str:
-    return ds.sha256 if hasattr(ds, "sha256") else content_hash(ds.read_text(encoding="utf-8"))
+    if hasattr(ds, "sha256"):
+        return ds.sha256
+    # An lm-eval task: its YAML and every file beside it (data, included YAML, utils), so that a
+    # changed data file is not answered from stored outputs.
+    files = sorted(p for p in ds.parent.rglob("*") if p.is_file())
+    return content_hash({str(p.relative_to(ds.parent)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files})
 
 
 def _describe(ds: Dataset | Corpus | Path) -> dict:

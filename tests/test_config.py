@@ -48,10 +48,11 @@ def error_of(project: Path, text: str) -> str:
 def test_repo_experiments_load():
     demo = load_config(ROOT / "experiments" / "demo.yaml")
     assert [v.method for v in demo.variants] == [
-        Method.none, Method.prompt, Method.sft, Method.lora, Method.qlora, Method.dpo]
+        Method.none, Method.prompt, Method.sft, Method.lora, Method.qlora, Method.dpo, Method.sft, Method.lora]
+    assert [e.type for e in demo.experiment.eval] == ["rubric", "rubric", "rubric", "perplexity"]
     assert [c.suite for c in demo.experiment.gate.checks] == ["tickets", "tickets", "general"]  # the inline gate policy
     smoke = load_config(ROOT / "experiments" / "smoke.yaml")
-    assert {v.name for v in smoke.variants} == {v.name for v in demo.variants}
+    assert {v.method for v in smoke.variants} == set(Method)  # every method, on the tiny model
 
 
 def test_defaults_are_merged_under_overrides(project):

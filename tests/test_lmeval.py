@@ -129,3 +129,37 @@ def test_missing_extra_is_a_user_error(monkeypatch, tmp_path):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "lm_eval" else real(name, *a))
     with pytest.raises(UserError, match=r"pip install 'lm-eval'"):
         run_task(None, None, tmp_path / "task.yaml")
+
+
+def test_an_lm_eval_suite_in_an_experiment_runs_stores_and_compares(project, capsys):
+    """The same task as a forgetting suite of an experiment: every variant is evaluated on it,
+    outputs are stored per document, and the change against the untouched base is computed."""
+    from conftest import rows
+
+    from harness.cli import main
+
+    folder = project / "tasks"
+    (folder / "data").mkdir(parents=True)
+    (folder / "data" / "tiny_mc.jsonl").write_text("".join(json.dumps(d) + "\n" for d in DOCS))
+    (folder / "tiny_mc.yaml").write_text(TASK_YAML)
+    exp = project / "experiments" / "lm.yaml"
+    exp.write_text(
+        "name: lm\nmodel: builtin:tiny-random\ndata: {train: experiments/data/tickets_train.jsonl}\n"
+        "eval:\n  - {name: tickets, data: experiments/data/tickets_test.jsonl, rubric: rubrics/ticket_triage.yaml, limit: 4}\n"
+        "  - {name: mc, lm_eval: tasks/tiny_mc.yaml, tolerance: 0.5}\n"
+        "generation: {max_new_tokens: 4}\n"
+        "variants:\n  base: {method: none}\n  sft: {method: sft, train: {max_steps: 2, batch_size: 2, max_length: 320, learning_rate: 0.05}}\n")
+    db = project / "r.duckdb"
+    assert main(["run", str(exp), "--db", str(db), "--quiet"]) == 0
+    outputs = rows(db, "SELECT variant, list(sample_id ORDER BY sample_id), list(score ORDER BY sample_id) FROM outputs JOIN runs USING (run_id) "
+                       "WHERE suite = 'mc' GROUP BY variant ORDER BY variant")
+    assert [o[0] for o in outputs] == ["base", "sft"]
+    assert all(sorted(o[1]) == sorted(d["id"] for d in DOCS) and set(o[2]) <= {0.0, 1.0} for o in outputs)
+    (kind, metric, n), = rows(db, "SELECT kind, metric, n FROM base_changes WHERE suite = 'mc' AND variant = 'sft'")
+    assert (kind, metric, n) == ("general", "score", 5)
+    # Re-scoring answers from the stored outputs (no model is loaded): the same per-document scores.
+    assert main(["rescore", str(exp), "--db", str(db), "--quiet"]) == 0
+    again = rows(db, "SELECT variant, list(sample_id ORDER BY sample_id), list(score ORDER BY sample_id) FROM outputs JOIN runs USING (run_id) "
+                     "WHERE suite = 'mc' AND run_id IN (SELECT max_by(run_id, finished_at) FROM runs GROUP BY variant) "
+                     "GROUP BY variant ORDER BY variant")
+    assert [sorted(zip(a[1], a[2])) for a in again] == [sorted(zip(o[1], o[2])) for o in outputs]
