@@ -123,12 +123,13 @@ def base_changes(con: duckdb.DuckDBPyConnection, experiment: str, comparisons: l
                 or r["metric"] != HEADLINE[suite["type"] or "rubric"]:
             continue
         sign = -1 if r["metric"] in LOWER_IS_BETTER else 1
-        low, high = sorted((sign * r["ci_low"], sign * r["ci_high"]))
+        # (+ 0.0: a sign-flipped zero prints as 0, not −0)
+        low, high = sorted((sign * r["ci_low"] + 0.0, sign * r["ci_high"] + 0.0))
         general = suite["kind"] == "general"
         tolerance = suite["tolerance"] or 0.0
         out.append({"experiment": experiment, "reference": ref["variant"], "reference_run_id": ref["run_id"],
                     "variant": r["variant"], "run_id": r["run_id"], "suite": r["suite"], "kind": suite["kind"] or "task",
-                    "metric": r["metric"], "n": r["n"], "change": sign * r["diff"], "ci_low": low, "ci_high": high,
+                    "metric": r["metric"], "n": r["n"], "change": sign * r["diff"] + 0.0, "ci_low": low, "ci_high": high,
                     "tolerance": tolerance if general else None, "forgetting": bool(general and high < -tolerance)})
     return out
 

@@ -65,10 +65,11 @@ def test_rescore_with_a_changed_rubric_needs_no_model(copy, capsys):
     assert all(is_new for _, is_new in new_hashes) and len(new_hashes) == 6
     assert dict(rows(copy["db"], latest_outputs)) == before  # the same outputs, scored again
     # The training record travels with the re-scored run.
-    (steps, loss_rows), = rows(copy["db"], """
-        SELECT train_steps, (SELECT count(*) FROM train_log t WHERE t.run_id = r.run_id) FROM runs r
+    (steps, loss_rows, eval_rows), = rows(copy["db"], """
+        SELECT train_steps, (SELECT count(loss) FROM train_log t WHERE t.run_id = r.run_id),
+               (SELECT count(eval_loss) FROM train_log t WHERE t.run_id = r.run_id) FROM runs r
         WHERE variant = 'lora' ORDER BY finished_at DESC LIMIT 1""")
-    assert steps == 2 and loss_rows == 2
+    assert steps == 2 and loss_rows == 2 and eval_rows == 2  # validation losses travel too
     # A later `harness run` finds every variant finished under the new rubric.
     assert main(["run", str(copy["exp"]), "--db", str(copy["db"]), "--quiet", "--report", str(copy["root"] / "r.html")]) == 0
     assert capsys.readouterr().out.count("already finished") == 6
