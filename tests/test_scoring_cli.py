@@ -89,7 +89,7 @@ def test_rescore_without_stored_outputs_exits_2(project, tmp_path, capsys):
     db = tmp_path / "empty.duckdb"
     assert main(["rescore", str(exp), "--db", str(db), "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert "no stored outputs to re-score for base (tickets, general)" in err and "harness run" in err
+    assert "no stored outputs to re-score for base (tickets, general, python_docs)" in err and "harness run" in err
     assert len(err.strip().splitlines()) == 1 and not db.exists()
 
 
