@@ -118,6 +118,9 @@ def _eval_data_hash(ds: Dataset | Corpus | Path) -> str:
     # An lm-eval task: its YAML and every file beside it (data, included YAML, utils), so that a
     # changed data file is not answered from stored outputs.
     files = sorted(p for p in ds.parent.rglob("*") if p.is_file())
+    if len(files) > 200:
+        raise UserError(f"{ds}: an lm-eval task's folder is hashed with its data; {ds.parent} holds {len(files)} "
+                        "files: expected the task YAML in a folder of its own")
     return content_hash({str(p.relative_to(ds.parent)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files})
 
 
