@@ -29,9 +29,12 @@ lm-eval is an optional extra, imported only here and only when called.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 import os
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import UserError
@@ -39,6 +42,27 @@ from harness.models import cache_dir
 
 OFFLINE_FLAGS = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 FEWSHOT_SEED = 1234  # lm-eval's default, so few-shot examples match its own runs
+
+
+@dataclass(frozen=True)
+class Task:
+    """A task YAML as an experiment names it, with the hash of its folder."""
+
+    path: Path
+    sha256: str  # of the YAML and every file beside it (data, included YAML, utils)
+
+
+def load_task(path: Path, where: str) -> Task:
+    """Check the task file and hash its folder, so that a changed data file is not answered from
+    stored outputs. `where` prefixes errors (file and field)."""
+    if not path.is_file():
+        raise UserError(f"{where}: task file {str(path)!r} not found")
+    files = sorted(p for p in path.parent.rglob("*") if p.is_file())
+    if len(files) > 200:
+        raise UserError(f"{where}: an lm-eval task's folder is hashed with its data; {path.parent} holds "
+                        f"{len(files)} files: expected the task YAML in a folder of its own")
+    digests = {str(p.relative_to(path.parent)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+    return Task(path, hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest())
 
 
 def run_task(model, tokenizer, task_yaml: Path, limit: int | None = None, batch_size: int = 8) -> list[dict]:

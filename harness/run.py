@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import hashlib
 import json
 import platform
 import time
@@ -29,6 +28,7 @@ from harness.config import Config, EvalSet, Method, Variant, content_hash
 from harness.data import Dataset, Example, load_jsonl, mix_replay, split_by_hash
 from harness.errors import UserError
 from harness.generate import build_messages, generate
+from harness.lmeval import Task, load_task
 from harness.models import DevicePolicy, ModelSpec, device_policy, load_model, load_tokenizer, model_fingerprint, resolve_model
 from harness.perplexity import Corpus, load_corpus, perplexity_metrics, token_nll
 from harness.rubric import (Rubric, SampleScore, check_rubric_fits, check_slices, load_rubric, score_samples,
@@ -46,8 +46,8 @@ class Inputs:
     preference: Dataset | None
     variant_data: dict[str, Dataset]  # per-variant training data overrides
     replay: Dataset | None  # general data mixed into training by `train.replay`
-    # Rubric suites: (set, Dataset, Rubric); perplexity: (set, Corpus, None); lm-eval: (set, Path, None).
-    eval_sets: list[tuple[EvalSet, Dataset | Corpus | Path, Rubric | None]]
+    # Rubric suites: (set, Dataset, Rubric); perplexity: (set, Corpus, None); lm-eval: (set, Task, None).
+    eval_sets: list[tuple[EvalSet, Dataset | Corpus | Task, Rubric | None]]
 
 
 @dataclass
@@ -79,9 +79,7 @@ def load_inputs(cfg: Config) -> Inputs:
             eval_sets.append((e, corpus, None))
             continue
         if e.type == "lm_eval":
-            task = cfg.resolve(e.lm_eval, f"eval.{i}.lm_eval")
-            if not task.is_file():
-                raise UserError(f"{cfg.path}: field 'eval.{i}.lm_eval': task file {e.lm_eval!r} not found")
+            task = load_task(cfg.resolve(e.lm_eval, f"eval.{i}.lm_eval"), f"{cfg.path}: field 'eval.{i}.lm_eval'")
             eval_sets.append((e, task, None))
             continue
         ds = load_jsonl(cfg.resolve(e.data, f"eval.{i}.data"), "eval", limit=e.limit)
@@ -112,24 +110,12 @@ def training_split(v: Variant, data: Dataset, inputs: Inputs, seed: int) -> tupl
     return dataclasses.replace(data, examples=train), validation
 
 
-def _eval_data_hash(ds: Dataset | Corpus | Path) -> str:
-    if hasattr(ds, "sha256"):
-        return ds.sha256
-    # An lm-eval task: its YAML and every file beside it (data, included YAML, utils), so that a
-    # changed data file is not answered from stored outputs.
-    files = sorted(p for p in ds.parent.rglob("*") if p.is_file())
-    if len(files) > 200:
-        raise UserError(f"{ds}: an lm-eval task's folder is hashed with its data; {ds.parent} holds {len(files)} "
-                        "files: expected the task YAML in a folder of its own")
-    return content_hash({str(p.relative_to(ds.parent)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files})
-
-
-def _describe(ds: Dataset | Corpus | Path) -> dict:
+def _describe(ds: Dataset | Corpus | Task) -> dict:
     if isinstance(ds, Dataset):
         return {"path": str(ds.path), "sha256": ds.sha256, "n": len(ds.examples)}
     if isinstance(ds, Corpus):
         return {"source": ds.source, "sha256": ds.sha256, "n": len(ds.documents)}
-    return {"lm_eval_task": str(ds), "sha256": _eval_data_hash(ds)}
+    return {"lm_eval_task": str(ds.path), "sha256": ds.sha256}
 
 
 @dataclass(frozen=True)
@@ -142,7 +128,7 @@ class Hashes:
 def variant_hashes(cfg: Config, inputs: Inputs) -> dict[str, Hashes]:
     exp = cfg.experiment
     evals = [
-        {"eval": e.model_dump(mode="json"), "data": _eval_data_hash(ds), "rubric": r.model_dump(mode="json") if r else None}
+        {"eval": e.model_dump(mode="json"), "data": ds.sha256, "rubric": r.model_dump(mode="json") if r else None}
         for e, ds, r in inputs.eval_sets
     ]
     generation = exp.generation.model_dump(mode="json")
@@ -159,7 +145,7 @@ def variant_hashes(cfg: Config, inputs: Inputs) -> dict[str, Hashes]:
             "seed": exp.seed, "harness": __version__, "trust_remote_code": exp.trust_remote_code,
         })
         config_hash = content_hash({"train": train_hash, "eval": evals, "generation": generation})
-        gen = {e.name: content_hash({"train": train_hash, "data": _eval_data_hash(ds), "limit": e.limit, "kind": e.kind,
+        gen = {e.name: content_hash({"train": train_hash, "data": ds.sha256, "limit": e.limit, "kind": e.kind,
                                      "generation": generation,
                                      **({"type": e.type, "max_length": e.max_length} if e.type != "rubric" else {})})
                for e, ds, _ in inputs.eval_sets}
@@ -242,7 +228,7 @@ def _run_variant(cfg, v: Variant, inputs: Inputs, policy: DevicePolicy, db: Path
         "seed": exp.seed, "device": f"{policy.device} ({platform.processor() or platform.machine()})",
         "dtype": policy.dtype_name, "config_json": v.model_dump(mode="json"),
         "data_json": {
-            "train": {"path": str(data.path), "sha256": data.sha256, "n": len(data.examples)} if data else None,
+            "train": _describe(data) if data else None,
             "replay": ({"path": str(inputs.replay.path), "sha256": inputs.replay.sha256, "fraction": v.train.replay}
                        if data and v.train.replay else None),
             "eval": {e.name: _describe(ds) for e, ds, _ in inputs.eval_sets},
@@ -363,7 +349,7 @@ def _perplexity_suite(e: EvalSet, corpus: Corpus, stored: dict | None, model_and
     return perplexity_metrics(values), rows
 
 
-def _lm_eval_suite(e: EvalSet, task: Path, stored: dict | None, model_and_tokenizer, batch_size: int):
+def _lm_eval_suite(e: EvalSet, task: Task, stored: dict | None, model_and_tokenizer, batch_size: int):
     """Metrics and output rows of an lm-evaluation-harness task: its first metric per document is
     the score (a document passes at ≥ 0.5), so it compares and gates like a rubric suite."""
     if stored is not None:
@@ -372,7 +358,7 @@ def _lm_eval_suite(e: EvalSet, task: Path, stored: dict | None, model_and_tokeni
         from harness.lmeval import run_task
 
         model, tokenizer = model_and_tokenizer()
-        results = run_task(model, tokenizer, task, limit=e.limit, batch_size=batch_size)
+        results = run_task(model, tokenizer, task.path, limit=e.limit, batch_size=batch_size)
     scores = [SampleScore(r["sample_id"], float(r["score"]), float(r["score"]) >= 0.5, []) for r in results]
     rows = [{**r, "suite": e.name, "passed": s.passed, "fields": "{}"} for r, s in zip(results, scores)]
     return suite_metrics(scores), rows
