@@ -135,18 +135,18 @@ def doc_hashes(tokens: Tokens) -> np.ndarray:
     return out
 
 
-def ngrams(tokens: Tokens, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """(hashes, document index) of every word n-gram, in document order."""
+def ngrams(tokens: Tokens, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(hashes, document index, position of the first word) of every word n-gram, in document order."""
     v, total = tokens.values, len(tokens.values)
     if total < n:
-        return np.zeros(0, np.uint64), np.zeros(0, np.int64)
+        return np.zeros(0, np.uint64), np.zeros(0, np.int64), np.zeros(0, np.int64)
     h = v[: total - n + 1].copy()
     for k in range(1, n):
         h *= MULTIPLIER
         h += v[k: total - n + 1 + k]
     doc = tokens.doc_of_position()[: total - n + 1]
-    valid = np.arange(total - n + 1) + n <= tokens.offsets[doc + 1]
-    return h[valid], doc[valid]
+    start = np.flatnonzero(np.arange(total - n + 1) + n <= tokens.offsets[doc + 1])
+    return h[start], doc[start], start
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,6 +190,7 @@ class _Overlap:
     shared: np.ndarray  # how many distinct non-boilerplate grams they share
     eval_size: np.ndarray  # per evaluation document: its distinct non-boilerplate grams
     train_size: dict[int, int] | None  # per training document in a pair (when asked for)
+    kept: np.ndarray  # the evaluation side's non-boilerplate grams, sorted
 
 
 def overlap(eval_grams, train_grams, max_doc_freq: int, min_share: float = 0.0, train_sizes: bool = False) -> _Overlap:
@@ -197,7 +198,7 @@ def overlap(eval_grams, train_grams, max_doc_freq: int, min_share: float = 0.0, 
     pairs sharing at least `min_share` of the evaluation document's grams are kept.
 
     `*_grams` are (hashes, document index) as `ngrams` returns them."""
-    (eh, ed), (th, td) = eval_grams, train_grams
+    (eh, ed, _), (th, td, _) = eval_grams, train_grams
     n_eval = int(ed.max()) + 1 if len(ed) else 0
     e_pairs = _unique_pairs(eh, ed)
     eh, ed = e_pairs
@@ -222,7 +223,7 @@ def overlap(eval_grams, train_grams, max_doc_freq: int, min_share: float = 0.0, 
     enough = shared >= min_share * eval_size[e_doc]
     e_doc, t_doc, shared = e_doc[enough], t_doc[enough], shared[enough]
     sizes = _train_sizes(np.unique(t_doc), th, td, e_pairs, max_doc_freq) if train_sizes else None
-    return _Overlap(e_doc, t_doc, shared, eval_size, sizes)
+    return _Overlap(e_doc, t_doc, shared, eval_size, sizes, np.unique(eh))
 
 
 def _train_sizes(docs: np.ndarray, th: np.ndarray, td: np.ndarray, eval_pairs, max_doc_freq: int) -> dict[int, int]:
@@ -261,20 +262,29 @@ def find_leaks(train: Sequence[str], evals: Sequence[str], settings: Settings = 
     tt = train_tokens if train_tokens is not None else tokenize(train, threads)
     et = tokenize(evals, threads)
     matches = _exact(et, tt, settings.top_k)
-    n = ngram_size(et, settings)
-    ov = overlap(ngrams(et, n), ngrams(tt, n), settings.max_doc_freq)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        frac = ov.shared / ov.eval_size[ov.eval_doc]
-    matches += _best(ov.eval_doc, ov.train_doc, frac, "ngram", settings.top_k)
+    k = settings.shingle
+    e_sh = ngrams(et, k)
     # Jaccard ≥ t needs at least t of the evaluation document's shingles shared: pairs below that
     # are dropped before the training documents' own shingle counts are looked up.
-    ov = overlap(ngrams(et, settings.shingle), ngrams(tt, settings.shingle), settings.max_doc_freq,
-                 min_share=settings.near_dup, train_sizes=True)
+    ov = overlap(e_sh, ngrams(tt, k), settings.max_doc_freq, min_share=settings.near_dup, train_sizes=True)
     if len(ov.eval_doc):
         b = np.array([ov.train_size[t] for t in ov.train_doc.tolist()])
         jaccard = ov.shared / (ov.eval_size[ov.eval_doc] + b - ov.shared)
         near = jaccard >= settings.near_dup
         matches += _best(ov.eval_doc[near], ov.train_doc[near], jaccard[near], "near_dup", settings.top_k)
+    # An n-gram is evidence only if most of the shingles inside it are not boilerplate: in templated
+    # data, template words around one shared slot value (a date, a product) make an n-gram as rare
+    # as that value, with little of the sample's own text in it.
+    rare = np.zeros(len(et.values) + 1, np.int64)
+    rare[e_sh[2][np.isin(e_sh[0], ov.kept)]] = 1
+    rare = np.concatenate([[0], np.cumsum(rare)])
+    n = ngram_size(et, settings)
+    h, d, start = ngrams(et, n)
+    informative = 2 * (rare[start + n - k + 1] - rare[start]) > n - k + 1
+    ov = overlap((h[informative], d[informative], start[informative]), ngrams(tt, n), settings.max_doc_freq)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        frac = ov.shared / ov.eval_size[ov.eval_doc]
+    matches += _best(ov.eval_doc, ov.train_doc, frac, "ngram", settings.top_k)
     return matches
 
 
