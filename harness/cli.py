@@ -1,4 +1,4 @@
-"""`harness` command line: run, rescore, score, report, ls.
+"""`harness` command line: run, rescore, score, gate, leakage, report, ls.
 
 Exit codes: 0 success, 1 a run failed, 2 bad input or usage (one line on stderr, no traceback).
 """
@@ -68,6 +68,18 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--junit", type=Path, default=None, help="write JUnit XML here (one test case per check)")
     g.add_argument("--summary", type=Path, default=None, help="write a Markdown summary here (also appended to "
                    "$GITHUB_STEP_SUMMARY when set)")
+
+    lk = sub.add_parser("leakage", help="check whether evaluation data appears in training data (exact, n-gram, "
+                        "near duplicate), without running anything else")
+    lk.add_argument("--train", type=Path, action="append", required=True, metavar="JSONL",
+                    help="training data: prompt/completion, messages or preference rows (repeatable)")
+    lk.add_argument("--eval", type=Path, action="append", required=True, metavar="JSONL",
+                    help="evaluation data (repeatable)")
+    lk.add_argument("--near-dup", type=float, default=0.5, help="Jaccard threshold for near duplicates (default 0.5)")
+    lk.add_argument("--max-doc-freq", type=int, default=10,
+                    help="n-grams in more documents than this are boilerplate (default 10)")
+    lk.add_argument("--format", choices=("table", "json"), default="table",
+                    help="json: one object per flagged pair (eval_id, train_id, method, score, ...)")
 
     rep = sub.add_parser("report", help="write the HTML report from a results file")
     rep.add_argument("--db", type=Path, default=DEFAULT_DB)
@@ -189,6 +201,45 @@ def cmd_gate(args) -> int:
     return 1 if failed else 0
 
 
+def cmd_leakage(args) -> int:
+    import json
+
+    from harness.data import load_jsonl, read_utf8
+    from harness.leakage import Settings, check_data, examples_side, worst
+
+    if not 0 < args.near_dup <= 1:
+        raise UserError(f"--near-dup {args.near_dup}: expected a Jaccard similarity in (0, 1]")
+    if args.max_doc_freq < 1:
+        raise UserError(f"--max-doc-freq {args.max_doc_freq}: expected a positive number of documents")
+
+    def side(path: Path, kind: str):
+        _, text = read_utf8(path, "data file")
+        first = next((line for line in text.splitlines() if line.strip()), "")
+        is_preference = '"chosen"' in first and '"rejected"' in first
+        ds = load_jsonl(path, "preference" if kind == "train" and is_preference else "eval")
+        return examples_side(str(path), ds.examples), len(ds.examples)
+
+    train = [side(p, "train")[0] for p in args.train]
+    evals = [side(p, "eval") for p in args.eval]
+    rows = check_data(train, [s for s, _ in evals], Settings(near_dup=args.near_dup, max_doc_freq=args.max_doc_freq))
+    if args.format == "json":
+        for r in rows:
+            print(json.dumps({"eval_id": r["sample_id"], "train_id": r["train_id"], "method": r["method"],
+                              "score": round(r["score"], 4), "field": r["field"], "eval_file": r["suite"],
+                              "train_file": r["source"]}, ensure_ascii=False))
+        return 0
+    for s, n in evals:
+        flagged = {r["sample_id"] for r in rows if r["suite"] == s.name}
+        by = {m: len({r["sample_id"] for r in rows if r["suite"] == s.name and r["method"] == m})
+              for m in ("exact", "ngram", "near_dup")}
+        print(f"{s.name}: {len(flagged)} of {n} samples flagged (exact {by['exact']}, ngram {by['ngram']}, "
+              f"near_dup {by['near_dup']})")
+    for r in worst(rows, 20):
+        print(f"  {r['sample_id']} ≈ {r['train_id']} ({Path(r['source']).name}): {r['method']} {r['score']:.2f} "
+              f"on {r['field']}")
+    return 0
+
+
 def cmd_report(args) -> int:
     from harness.report import write_report
 
@@ -230,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         commands = {"run": cmd_run, "rescore": lambda a: cmd_run(a, rescore=True), "score": cmd_score, "gate": cmd_gate,
-                    "report": cmd_report, "ls": cmd_ls}
+                    "leakage": cmd_leakage, "report": cmd_report, "ls": cmd_ls}
         return commands[args.command](args)
     except UserError as e:
         print(f"harness: error: {e}", file=sys.stderr)

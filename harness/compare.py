@@ -40,7 +40,46 @@ def per_sample_values(con: duckdb.DuckDBPyConnection, run_ids: list[str]) -> dic
     for s in store.query(con, "SELECT run_id, suite, sample_id, criterion, score FROM samples "
                               "WHERE list_contains(?, run_id)", [run_ids]):
         values[s["run_id"]][s["suite"]][s["sample_id"]][f"criterion:{s['criterion']}"] = s["score"]
+    # Slice 'clean': the samples of a suite the leakage check looked at and did not flag.
+    experiments = [r["experiment"] for r in store.query(
+        con, "SELECT DISTINCT experiment FROM runs WHERE list_contains(?, run_id)", [run_ids])]
+    checked = {r["suite"] for r in store.query(
+        con, "SELECT DISTINCT suite FROM leakage_suites WHERE list_contains(?, experiment)", [experiments])}
+    flagged = {(r["suite"], r["sample_id"]) for r in store.query(
+        con, "SELECT DISTINCT suite, sample_id FROM leakage WHERE list_contains(?, experiment)", [experiments])}
+    for key, names in labels.items():
+        if key[0] in checked and key not in flagged:
+            names.append("clean")
     return {"values": values, "labels": labels}
+
+
+def clean_metrics(con: duckdb.DuckDBPyConnection, experiment: str) -> list[dict]:
+    """Every metric of every variant (latest run) on its suites' clean samples, with intervals as
+    the full-set metrics have them: metrics rows of slice 'clean'."""
+    from harness.stats import bootstrap_ci, wilson_ci
+
+    runs = [r for r in store.latest_runs(con, experiment) if r["status"] == "finished"]
+    data = per_sample_values(con, [r["run_id"] for r in runs])
+    rows = []
+    for run in runs:
+        for suite, samples in data["values"][run["run_id"]].items():
+            ids = [sid for sid in samples if "clean" in data["labels"][(suite, sid)]]
+            if not ids:
+                continue
+            for metric in sorted(set.intersection(*(set(samples[i]) for i in ids))):
+                vals = [samples[i][metric] for i in ids]
+                n, mean = len(vals), float(np.mean(vals))
+                if all(v in (0.0, 1.0) for v in vals) and metric != "nll":
+                    (lo, hi), method = wilson_ci(int(sum(vals)), n), "wilson"
+                else:
+                    (lo, hi), method = bootstrap_ci(vals), "bootstrap-percentile"
+                row = {"run_id": run["run_id"], "suite": suite, "slice": "clean", "metric": metric, "value": mean,
+                       "ci_low": lo, "ci_high": hi, "n": n, "ci_method": method}
+                rows.append(row)
+                if metric == "nll":
+                    rows.append({**row, "metric": "perplexity", "value": float(np.exp(mean)), "ci_low": float(np.exp(lo)),
+                                 "ci_high": float(np.exp(hi)), "ci_method": "bootstrap-percentile (exp of the nll interval)"})
+    return rows
 
 
 def compare_runs(con: duckdb.DuckDBPyConnection, baseline: dict, candidates: list[dict], confidence: float = 0.95,
@@ -135,11 +174,12 @@ def base_changes(con: duckdb.DuckDBPyConnection, experiment: str, comparisons: l
 
 
 def refresh(db, experiment: str, baseline: str = "base") -> int:
-    """Recompute and store an experiment's comparisons and changes against the untouched base; the
-    number of comparison rows written."""
+    """Recompute and store an experiment's comparisons, changes against the untouched base and
+    clean-subset metrics; the number of comparison rows written."""
     store.upgrade(db)
     with store.reader(db) as con:
         rows = compare_experiment(con, experiment, baseline)
         changes = base_changes(con, experiment, rows)
-    store.write_comparisons(db, experiment, rows, changes)
+        clean = clean_metrics(con, experiment)
+    store.write_comparisons(db, experiment, rows, changes, clean)
     return len(rows)

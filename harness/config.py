@@ -185,6 +185,24 @@ class Check(Strict):
 class Policy(Strict):
     confidence: float = Field(0.95, gt=0.5, lt=1)
     checks: list[Check] = Field(min_length=1)
+    # Decide on the samples the leakage check did not flag: checks on slice 'all' read slice 'clean'.
+    require_clean: bool = False
+
+
+class LeakageSettings(Strict):
+    """The leakage check that runs before any training (harness/leakage.py says what each method is)."""
+    policy: Literal["warn", "stop"] = "warn"  # stop: exit 2 before training when a suite is over the limit
+    max_flagged: float = Field(0.0, ge=0, le=1)  # the fraction of a suite's samples that may be flagged
+    near_dup: float = Field(0.5, gt=0, le=1)  # Jaccard similarity of word 3-shingles
+    max_doc_freq: int = Field(10, gt=0)  # n-grams in more documents than this are boilerplate
+    ngram_min: int = Field(8, ge=3)
+    ngram_max: int = Field(13, ge=3)
+
+    @model_validator(mode="after")
+    def _ngram_bounds(self):
+        if self.ngram_min > self.ngram_max:
+            raise ValueError(f"field 'ngram_min': {self.ngram_min} is above 'ngram_max' ({self.ngram_max})")
+        return self
 
 
 class Experiment(Strict):
@@ -199,6 +217,7 @@ class Experiment(Strict):
     variants: dict[str, dict[str, Any]] = Field(min_length=1)
     baseline: str = "base"  # the variant every other one is compared with (paired, per metric and slice)
     gate: Policy | None = None  # read by `harness gate --policy EXPERIMENT_FILE`
+    leakage: LeakageSettings = LeakageSettings()
 
     @field_validator("variants")
     @classmethod

@@ -71,8 +71,9 @@ def _values(con, run: dict, check: Check, db: Path) -> dict[str, float]:
     out = {sid: v[check.metric] for sid, v in samples.items()
            if check.metric in v and check.slice in data["labels"][(check.suite, sid)]}
     if not out:
+        hint = ("; the clean slice needs a leakage check: `harness run` makes one" if check.slice == "clean" else "")
         raise UserError(f"{db}: no values of metric {check.metric!r} in slice {check.slice!r} of eval set "
-                        f"{check.suite!r} for variant {run['variant']!r}")
+                        f"{check.suite!r} for variant {run['variant']!r}{hint}")
     return out
 
 
@@ -107,6 +108,9 @@ def _forgetting(con, cand_run: dict, check: Check, confidence: float, db: Path) 
 def evaluate(policy: Policy, db: Path, baseline: str, candidate: str, experiment: str | None = None,
              baseline_db: Path | None = None, baseline_experiment: str | None = None) -> list[Result]:
     baseline_db = baseline_db or db
+    if policy.require_clean:
+        policy = policy.model_copy(update={"checks": [c.model_copy(update={"slice": "clean"}) if c.slice == "all" else c
+                                                      for c in policy.checks]})
     paired = [c.lower_limit is not None or c.floor is not None for c in policy.checks]
     with store.reader(db) as con:
         cand_run = _latest(con, experiment, candidate, db)

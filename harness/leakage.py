@@ -305,3 +305,132 @@ def _best(e_doc: np.ndarray, t_doc: np.ndarray, score: np.ndarray, method: Metho
     first = np.searchsorted(e_doc, e_doc, "left")
     keep = np.arange(len(e_doc)) - first < top_k
     return [Match(int(e), int(t), method, float(s)) for e, t, s in zip(e_doc[keep], t_doc[keep], score[keep])]
+
+
+# ---------------------------------------------------------------------------------------------
+# An experiment's data: every training set against every evaluation set, and the training sets' audit
+
+
+@dataclass(frozen=True)
+class DataSide:
+    """One data set as the check reads it: (id, text) items per field. `prompt`: what the model is
+    asked; `text`: prompt and answer together (preference data gives one per answer, chosen and
+    rejected). A perplexity corpus has only `text` items."""
+
+    name: str  # a training source (train, preference, replay, variant:NAME) or an eval suite
+    prompt: list[tuple[str, str]]
+    text: list[tuple[str, str]]
+
+
+def examples_side(name: str, examples) -> DataSide:
+    """A DataSide from harness.data Examples (training or evaluation data)."""
+    prompts, texts = [], []
+    for ex in examples:
+        p = ex.prompt_text()
+        prompts.append((ex.id, p))
+        answers = [m[-1]["content"] for m in (ex.completion, ex.chosen, ex.rejected) if m]
+        texts += [(ex.id, f"{p}\n{a}") for a in answers]
+    return DataSide(name, prompts, texts)
+
+
+def check_data(train: Sequence[DataSide], evals: Sequence[DataSide], settings: Settings = Settings()) -> list[dict]:
+    """One row per flagged (evaluation sample, training sample, field, method): the leakage table."""
+    rows = []
+    for field in ("prompt", "text"):
+        for t in train:
+            items = getattr(t, field)
+            if not items:
+                continue
+            tokens = tokenize([x for _, x in items])
+            for e in evals:
+                targets = getattr(e, field)
+                if not targets:
+                    continue
+                for m in find_leaks([], [x for _, x in targets], settings, train_tokens=tokens):
+                    rows.append({"suite": e.name, "sample_id": targets[m.eval_index][0], "field": field,
+                                 "method": m.method, "source": t.name, "train_id": items[m.train_index][0],
+                                 "score": m.score, "eval_text": targets[m.eval_index][1],
+                                 "train_text": items[m.train_index][1]})
+    return rows
+
+
+def flagged_fraction(rows: list[dict], sizes: dict[str, int]) -> dict[str, float]:
+    """Per suite: the fraction of its samples flagged by any method, field or training source."""
+    flagged: dict[str, set] = {s: set() for s in sizes}
+    for r in rows:
+        flagged[r["suite"]].add(r["sample_id"])
+    return {s: len(flagged[s]) / n if n else 0.0 for s, n in sizes.items()}
+
+
+def worst(rows: list[dict], k: int = 5) -> list[dict]:
+    """The k strongest findings, one per evaluation sample: exact first, then by score."""
+    rank = {"exact": 0, "near_dup": 1, "ngram": 2}
+    best: dict[tuple, dict] = {}
+    for r in sorted(rows, key=lambda r: (rank[r["method"]], -r["score"])):
+        best.setdefault((r["suite"], r["sample_id"]), r)
+    return list(best.values())[:k]
+
+
+def audit(side: DataSide, fields: dict[str, list], token_counts: list[tuple[int, int]] | None,
+          max_lengths: dict[int, list[str]], settings: Settings = Settings()) -> list[dict]:
+    """Rows (check, value, detail) describing one training set: size, duplicates, conflicting
+    answers, near duplicates within it, lengths, empty answers, examples longer than a variant's
+    max_length (TRL truncates them; an answer past the limit is lost), and label balance.
+
+    `token_counts`: (prompt tokens, prompt + answer tokens) per text item, as the chat template
+    renders them; `max_lengths`: training max_length → the variants that train with it."""
+    import json
+
+    rows = [{"check": "examples", "value": len(side.prompt), "detail": None}]
+    norm = [" ".join(normalise(x)) for _, x in side.text]
+    first: dict[str, str] = {}
+    dups = [(i, first.setdefault(n, i)) for (i, _), n in zip(side.text, norm) if first.get(n, i) != i]
+    rows.append({"check": "duplicates", "value": len(dups), "detail": json.dumps(dups[:10])})
+    # One prompt, different answers (preference data: the chosen ones; rejected ones differ by design).
+    answer = {}
+    for (i, _), n in zip(side.text, norm):
+        answer.setdefault(i, n)
+    answers_by_prompt: dict[str, set] = {}
+    for i, p in side.prompt:
+        answers_by_prompt.setdefault(" ".join(normalise(p)), set()).add(answer.get(i))
+    conflicts = [p[:80] for p, a in answers_by_prompt.items() if len(a) > 1]
+    rows.append({"check": "conflicting_answers", "value": len(conflicts), "detail": json.dumps(conflicts[:10])})
+    texts = [x for _, x in side.text]
+    near = {(side.text[m.eval_index][0], side.text[m.train_index][0]) for m in find_leaks(texts, texts, settings)
+            if m.method == "near_dup" and side.text[m.eval_index][0] != side.text[m.train_index][0]}
+    pairs = sorted({tuple(sorted(p)) for p in near})
+    rows.append({"check": "near_duplicates", "value": len(pairs), "detail": json.dumps(pairs[:10])})
+    answers = [t[len(p) + 1:] for (_, t), p in zip(side.text, _prompt_per_text(side))]
+    rows.append({"check": "empty_answers", "value": sum(not a.strip() for a in answers),
+                 "detail": json.dumps([i for (i, _), a in zip(side.text, answers) if not a.strip()][:10])})
+    for name, values in (("prompt_words", [len(normalise(p)) for _, p in side.prompt]),
+                         ("answer_words", [len(normalise(a)) for a in answers])):
+        rows.append({"check": name, "value": float(np.median(values)), "detail": json.dumps(_spread(values))})
+    if token_counts:
+        rows.append({"check": "tokens", "value": float(np.median([t for _, t in token_counts])),
+                     "detail": json.dumps(_spread([t for _, t in token_counts]))})
+        for limit, variants in sorted(max_lengths.items()):
+            cut = sum(t > limit for _, t in token_counts)
+            lost = sum(p >= limit for p, _ in token_counts)
+            rows.append({"check": f"over_max_length:{limit}", "value": cut,
+                         "detail": json.dumps({"variants": variants, "answer_lost": lost, "of": len(token_counts)})})
+    for field, values in fields.items():
+        counts: dict[str, int] = {}
+        for v in values:
+            counts[str(v)] = counts.get(str(v), 0) + 1
+        if 2 <= len(counts) <= 20:
+            rows.append({"check": f"balance:{field}", "value": max(counts.values()) / min(counts.values()),
+                         "detail": json.dumps(dict(sorted(counts.items(), key=lambda kv: -kv[1])))})
+    return rows
+
+
+def _prompt_per_text(side: DataSide) -> list[str]:
+    by_id = dict(side.prompt)
+    return [by_id[i] for i, _ in side.text]
+
+
+def _spread(values: list[int]) -> dict:
+    if not values:
+        return {}
+    p = np.percentile(values, [0, 5, 50, 95, 100])
+    return {"min": int(p[0]), "p5": float(p[1]), "median": float(p[2]), "p95": float(p[3]), "max": int(p[4])}

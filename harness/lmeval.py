@@ -77,26 +77,8 @@ def run_task(model, tokenizer, task_yaml: Path, limit: int | None = None, batch_
     with _offline():
         from lm_eval import evaluate
         from lm_eval.models.huggingface import HFLM
-        from lm_eval.tasks import TaskManager
-        # lm-eval's own YAML loader (includes, !function tags); private, but the only way to read
-        # the config before the task is built, which is when the dataset is loaded.
-        from lm_eval.tasks._yaml_loader import load_yaml
 
-        config = load_yaml(task_yaml, resolve_func=True)
-        if "task" not in config or "group" in config or isinstance(config["task"], list):
-            raise UserError(f"{task_yaml}: field 'task': expected the name of a single task (groups are not supported)")
-        config["dataset_kwargs"] = _resolve_data_paths(config.get("dataset_kwargs") or {}, task_yaml.parent)
-
-        manager = TaskManager(include_path=str(task_yaml.parent), include_defaults=False)
-        loaded = manager.load([config])
-        task = loaded["tasks"][config["task"]]
-        # The two per-task settings simple_evaluate would make. It is not used because it also
-        # seeds the global RNGs, asks the hub for the model's sha, runs `git describe` and
-        # torch's collect_env (2 s of subprocesses) on every call.
-        if task.get_config("num_fewshot") is None:
-            task.set_config(key="num_fewshot", value=0)
-        task.set_fewshot_seed(seed=FEWSHOT_SEED)
-
+        loaded, task = _load(task_yaml)
         was_training = model.training
         try:
             lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
@@ -109,6 +91,46 @@ def run_task(model, tokenizer, task_yaml: Path, limit: int | None = None, batch_
 
     samples = results["samples"][task.task_name]
     return _per_document(task, samples, task_yaml)
+
+
+def _load(task_yaml: Path):
+    """lm-eval's task dict and the task, built from the YAML with data paths made absolute."""
+    from lm_eval.tasks import TaskManager
+    # lm-eval's own YAML loader (includes, !function tags); private, but the only way to read
+    # the config before the task is built, which is when the dataset is loaded.
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    config = load_yaml(task_yaml, resolve_func=True)
+    if "task" not in config or "group" in config or isinstance(config["task"], list):
+        raise UserError(f"{task_yaml}: field 'task': expected the name of a single task (groups are not supported)")
+    config["dataset_kwargs"] = _resolve_data_paths(config.get("dataset_kwargs") or {}, task_yaml.parent)
+
+    manager = TaskManager(include_path=str(task_yaml.parent), include_defaults=False)
+    loaded = manager.load([config])
+    task = loaded["tasks"][config["task"]]
+    # The two per-task settings simple_evaluate would make. It is not used because it also
+    # seeds the global RNGs, asks the hub for the model's sha, runs `git describe` and
+    # torch's collect_env (2 s of subprocesses) on every call.
+    if task.get_config("num_fewshot") is None:
+        task.set_config(key="num_fewshot", value=0)
+    task.set_fewshot_seed(seed=FEWSHOT_SEED)
+    return loaded, task
+
+
+def task_documents(task_yaml: Path, limit: int | None = None) -> list[dict]:
+    """The documents a task evaluates, without a model: `{"sample_id", "prompt", "reference"}` each,
+    as `run_task` would report them (for the leakage check, before anything is trained)."""
+    if importlib.util.find_spec("lm_eval") is None:
+        raise UserError("lm-eval task: the package lm_eval is not installed; install the optional extra: pip install 'lm-eval'")
+    with _offline():
+        _, task = _load(Path(task_yaml).expanduser().resolve())
+        docs = list(task.eval_docs)[:limit]
+        out = []
+        for i, doc in enumerate(docs):
+            choices = task.doc_to_choice(doc) if task.OUTPUT_TYPE == "multiple_choice" else None
+            out.append({"sample_id": str(doc["id"]) if isinstance(doc, dict) and "id" in doc else str(i),
+                        "prompt": str(task.doc_to_text(doc)), "reference": _reference(task.doc_to_target(doc), choices)})
+    return out
 
 
 @contextmanager

@@ -267,6 +267,54 @@ def _differences(suite: str, diffs: list[dict], runs: list[dict], baseline: str)
     return out
 
 
+def _leakage_section(checked: list[dict], leaks: list[dict], audit: list[dict]) -> list[str]:
+    """What the leakage check found, before training: per suite, the flagged samples beside the
+    training text they match; and the audit of each training set."""
+    if not checked:
+        return []
+    out = ["<h2>Leakage and training data</h2><p class='meta'>Checked before training: every training set against "
+           "every eval set, on the prompt alone and on prompt + answer; exact (normalised text), n-gram (GPT-3 style, "
+           "boilerplate ignored) and near duplicates (Jaccard of word 3-shingles). Every metric is also given on "
+           "slice <b>clean</b>: the samples not flagged.</p><table><tr><th>eval set</th><th>samples</th>"
+           "<th>flagged</th><th>by method</th></tr>"]
+    for c in checked:
+        mine = [r for r in leaks if r["suite"] == c["suite"]]
+        by = {m: len({r["sample_id"] for r in mine if r["method"] == m}) for m in ("exact", "ngram", "near_dup")}
+        out.append(f"<tr><td>{escape(c['suite'])}</td><td>{c['n']}</td><td>{c['flagged']}</td><td>"
+                   + ", ".join(f"{m} {k}" for m, k in by.items() if k) + "</td></tr>")
+    out.append("</table>")
+    if leaks:
+        rank = {"exact": 0, "near_dup": 1, "ngram": 2}
+        seen, shown = set(), []
+        for r in sorted(leaks, key=lambda r: (rank[r["method"]], -r["score"])):
+            if (r["suite"], r["sample_id"]) not in seen:
+                seen.add((r["suite"], r["sample_id"]))
+                shown.append(r)
+        out.append(f"<details><summary>{len(shown)} flagged samples, strongest match each (first 50)</summary>"
+                   "<div class='wide'><table><tr><th>eval sample</th><th>matched training sample</th><th>method</th>"
+                   "<th>score</th><th>field</th><th>eval text</th><th>training text</th></tr>")
+        for r in shown[:50]:
+            out.append(f"<tr><td>{escape(r['suite'])}/{escape(r['sample_id'])}</td><td>{escape(r['source'])}/"
+                       f"{escape(r['train_id'])}</td><td>{escape(r['method'])}</td><td>{r['score']:.2f}</td>"
+                       f"<td>{escape(r['field'])}</td><td><pre>{escape(r['eval_text'])}</pre></td>"
+                       f"<td><pre>{escape(r['train_text'])}</pre></td></tr>")
+        out.append("</table></div></details>")
+    if audit:
+        sources = list(dict.fromkeys(a["source"] for a in audit))
+        out.append("<h3>Training data audit</h3><div class='wide'><table><tr><th>check</th>"
+                   + "".join(f"<th>{escape(s)}</th>" for s in sources) + "</tr>")
+        by = {(a["source"], a["check"]): a for a in audit}
+        for check in dict.fromkeys(a["check"] for a in audit):
+            cells = []
+            for s in sources:
+                a = by.get((s, check))
+                detail = "" if a is None or not a["detail"] else f"<div class='meta'>{escape(str(a['detail'])[:160])}</div>"
+                cells.append("<td>–</td>" if a is None else f"<td>{_num(a['value'])}{detail}</td>")
+            out.append(f"<tr><td>{escape(check)}</td>{''.join(cells)}</tr>")
+        out.append("</table></div>")
+    return out
+
+
 def render(db: Path, experiment: str | None = None) -> str:
     with store.reader(db) as con:
         runs = store.latest_runs(con, experiment)
@@ -281,6 +329,10 @@ def render(db: Path, experiment: str | None = None) -> str:
                                  "AND test = 'paired-bootstrap'", [ids])
         changes = store.query(con, "SELECT * FROM base_changes WHERE list_contains(?, run_id)", [ids])
         logs = store.query(con, "SELECT * FROM train_log WHERE list_contains(?, run_id)", [ids])
+        exps = list(dict.fromkeys(r["experiment"] for r in runs))
+        checked = store.query(con, "SELECT * FROM leakage_suites WHERE list_contains(?, experiment)", [exps])
+        leaks = store.query(con, "SELECT * FROM leakage WHERE list_contains(?, experiment)", [exps])
+        audit = store.query(con, "SELECT * FROM data_audit WHERE list_contains(?, experiment)", [exps])
         reasons = store.query(
             con, "SELECT run_id, suite, sample_id, string_agg(criterion || ': ' || reason, '; ' ORDER BY criterion) "
             "AS why FROM samples WHERE list_contains(?, run_id) AND score < 1 GROUP BY ALL", [ids])
@@ -314,6 +366,7 @@ def render(db: Path, experiment: str | None = None) -> str:
                  "Every variant is scored on the same samples.</p>")
 
     parts.extend(_forgetting_section(changes, runs))
+    parts.extend(_leakage_section(checked, leaks, audit))
     for suite in suites:
         parts.append(f"<h2>{escape(suite)}</h2>")
         rb = rubric_of.get(suite, {})

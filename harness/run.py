@@ -157,6 +157,96 @@ def utc_now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
+def training_sources(cfg: Config, inputs: Inputs) -> list[tuple[str, Dataset, list[Variant]]]:
+    """Every training set the experiment declares, with the variants that learn from it (the
+    prompt variant's few-shot examples come from data.train)."""
+    users: dict[str, list[Variant]] = {}
+    for v in cfg.variants:
+        if v.name in inputs.variant_data:
+            users.setdefault(f"variant:{v.name}", []).append(v)
+        elif v.method == Method.dpo:
+            users.setdefault("preference", []).append(v)
+        elif v.method.trains or (v.method == Method.prompt and v.prompt.few_shot):
+            users.setdefault("train", []).append(v)
+        if v.train.replay and v.method.trains:
+            users.setdefault("replay", []).append(v)
+    sets = {"train": inputs.train, "preference": inputs.preference, "replay": inputs.replay,
+            **{f"variant:{k}": d for k, d in inputs.variant_data.items()}}
+    return [(name, ds, users.get(name, [])) for name, ds in sets.items() if ds is not None]
+
+
+def check_leakage(cfg: Config, inputs: Inputs, db: Path, log) -> list[dict]:
+    """Every training set against every eval set, before anything trains; and the training sets'
+    audit. Stored (replacing the experiment's earlier findings); `leakage.policy: stop` makes a
+    suite over the limit a UserError, with nothing written."""
+    from harness import leakage as L
+
+    exp, settings = cfg.experiment, cfg.experiment.leakage
+    lk = L.Settings(ngram_max=settings.ngram_max, ngram_min=settings.ngram_min, near_dup=settings.near_dup,
+                    max_doc_freq=settings.max_doc_freq)
+    sources = training_sources(cfg, inputs)
+    train_sides = [L.examples_side(name, ds.examples) for name, ds, _ in sources]
+    eval_sides = []
+    for e, ds, _ in inputs.eval_sets:
+        if e.type == "perplexity":
+            eval_sides.append(L.DataSide(e.name, [], list(ds.documents)))
+        elif e.type == "lm_eval":
+            from harness.lmeval import task_documents
+
+            docs = task_documents(ds.path, e.limit)
+            eval_sides.append(L.DataSide(e.name, [(d["sample_id"], d["prompt"]) for d in docs],
+                                         [(d["sample_id"], f"{d['prompt']}\n{d['reference']}") for d in docs]))
+        else:
+            eval_sides.append(L.examples_side(e.name, ds.examples))
+    rows = L.check_data(train_sides, eval_sides, lk)
+    sizes = {s.name: len(s.prompt or s.text) for s in eval_sides}
+    fractions = L.flagged_fraction(rows, sizes)
+    for s in eval_sides:
+        methods = sorted({r["method"] for r in rows if r["suite"] == s.name})
+        k = round(fractions[s.name] * sizes[s.name])
+        log(f"[leakage] {s.name}: {k} of {sizes[s.name]} samples flagged" + (f" ({', '.join(methods)})" if k else ""))
+    over = {s: f for s, f in fractions.items() if f > settings.max_flagged}
+    if over:
+        cases = "; ".join(f"{r['suite']}/{r['sample_id']} ≈ {r['source']}/{r['train_id']} ({r['method']} {r['score']:.2f}, "
+                          f"{r['field']})" for r in L.worst(rows))
+        if settings.policy == "stop":
+            raise UserError(f"{cfg.path}: field 'leakage.policy': stop: "
+                            + ", ".join(f"{s} has {f:.0%} of its samples flagged" for s, f in over.items())
+                            + f" (limit {settings.max_flagged:.0%}); worst: {cases}")
+        log(f"[leakage] warning: evaluation samples match samples the variants learn from; worst: {cases}. Clean-subset metrics "
+            "(slice 'clean') leave them out; `leakage: {policy: stop}` would stop here.")
+    tokenizer = load_tokenizer(inputs.model_path, exp.trust_remote_code)
+    audit = []
+    for (name, ds, users), side in zip(sources, train_sides):
+        lengths: dict[int, list[str]] = {}
+        for v in users:
+            if v.method.trains:
+                lengths.setdefault(v.train.max_length, []).append(v.name)
+        fields = {f: [ex.fields.get(f) for ex in ds.examples] for f in {k for ex in ds.examples for k in ex.fields}}
+        audit += [{**r, "source": name, "path": str(ds.path), "sha256": ds.sha256}
+                  for r in L.audit(side, fields, _token_counts(tokenizer, ds.examples), lengths, lk)]
+    now = utc_now()
+    suites = [{"suite": s.name, "n": sizes[s.name], "flagged": round(fractions[s.name] * sizes[s.name]),
+               "sources": json.dumps([t.name for t in train_sides]), "settings": json.dumps(settings.model_dump()),
+               "checked_at": now} for s in eval_sides]
+    store.write_leakage(db, exp.name, rows, suites, audit)
+    return rows
+
+
+def _token_counts(tokenizer, examples: list[Example]) -> list[tuple[int, int]]:
+    """(prompt tokens, prompt + answer tokens) per answer, rendered with the chat template as TRL
+    renders conversational data; in the order of leakage.examples_side's text items."""
+    def n(messages, prompt):
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=prompt, tokenize=True, return_dict=False)
+        return len(ids)
+
+    out = []
+    for ex in examples:
+        p = n(ex.prompt, True)
+        out += [(p, n(ex.prompt + answer, False)) for answer in (ex.completion, ex.chosen, ex.rejected) if answer]
+    return out
+
+
 def run_experiment(cfg: Config, db: Path, artifacts: Path, force: bool = False, only: list[str] | None = None,
                    progress: bool = True, log: Callable[[str], None] = print,
                    policy: DevicePolicy | None = None, rescore: bool = False) -> list[VariantOutcome]:
@@ -186,6 +276,7 @@ def run_experiment(cfg: Config, db: Path, artifacts: Path, force: bool = False, 
         if missing:
             raise UserError(f"{db}: no stored outputs to re-score for {'; '.join(missing)}: "
                             f"run `harness run {cfg.path} --db {db}` first")
+    check_leakage(cfg, inputs, db, log)
     log(f"experiment {exp.name}: {len(variants)} variants, model {exp.model}"
         + ("" if rescore else f" on {policy.device} ({policy.dtype_name})"))
 

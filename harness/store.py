@@ -17,7 +17,7 @@ import duckdb
 
 from harness.errors import UserError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_info (key VARCHAR PRIMARY KEY, value VARCHAR);
@@ -61,7 +61,8 @@ CREATE TABLE IF NOT EXISTS metrics (
     metric VARCHAR NOT NULL,            -- score | pass_rate | criterion:<name>; nll | perplexity
     value DOUBLE, ci_low DOUBLE, ci_high DOUBLE, n INTEGER,
     ci_method VARCHAR,                  -- bootstrap-percentile | wilson
-    slice VARCHAR NOT NULL DEFAULT 'all' -- 'all', or FIELD=VALUE for the samples with that value
+    slice VARCHAR NOT NULL DEFAULT 'all' -- 'all'; FIELD=VALUE: the samples with that value; 'clean': the
+                                        -- samples the leakage check did not flag (rewritten by every refresh)
 );
 CREATE TABLE IF NOT EXISTS suites (
     run_id VARCHAR NOT NULL, suite VARCHAR NOT NULL,
@@ -97,6 +98,24 @@ CREATE TABLE IF NOT EXISTS base_changes (
     metric VARCHAR,                     -- the suite's headline: pass_rate, nll or score
     n INTEGER, change DOUBLE, ci_low DOUBLE, ci_high DOUBLE,  -- variant − untouched base; for nll base − variant
     tolerance DOUBLE, forgetting BOOLEAN -- general suites: the whole interval lies below −tolerance
+);
+
+CREATE TABLE IF NOT EXISTS leakage (           -- one row per flagged (eval sample, training sample, field, method)
+    experiment VARCHAR NOT NULL, suite VARCHAR, sample_id VARCHAR,
+    field VARCHAR,                      -- prompt (the question alone) | text (prompt and answer)
+    method VARCHAR,                     -- exact | ngram | near_dup
+    source VARCHAR,                     -- train | preference | replay | variant:NAME
+    train_id VARCHAR, score DOUBLE,     -- exact 1; ngram: share of the sample's n-grams; near_dup: Jaccard
+    eval_text VARCHAR, train_text VARCHAR
+);
+CREATE TABLE IF NOT EXISTS leakage_suites (    -- what was checked: a suite without a row here was not
+    experiment VARCHAR NOT NULL, suite VARCHAR, n INTEGER, flagged INTEGER, sources JSON, settings JSON,
+    checked_at TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS data_audit (
+    experiment VARCHAR NOT NULL, source VARCHAR, path VARCHAR, sha256 VARCHAR,
+    "check" VARCHAR,                    -- examples | duplicates | conflicting_answers | near_duplicates | ...
+    value DOUBLE, detail JSON
 );
 """
 
@@ -224,13 +243,28 @@ def write_run(path: Path, run: dict[str, Any], train_log: list[dict], metrics: l
         _insert(con, "samples", [{**r, "run_id": run["run_id"]} for r in samples])
 
 
-def write_comparisons(path: Path, experiment: str, rows: list[dict[str, Any]], changes: list[dict[str, Any]]) -> None:
-    """Replace an experiment's comparisons and changes against the base, in one transaction."""
+def write_comparisons(path: Path, experiment: str, rows: list[dict[str, Any]], changes: list[dict[str, Any]],
+                      clean: list[dict[str, Any]] = ()) -> None:
+    """Replace an experiment's comparisons, changes against the base and clean-subset metrics
+    (metrics rows of slice 'clean'), in one transaction."""
     with _transaction(path) as con:
         con.execute("DELETE FROM comparisons WHERE experiment = ?", [experiment])
         con.execute("DELETE FROM base_changes WHERE experiment = ?", [experiment])
+        con.execute("DELETE FROM metrics WHERE slice = 'clean' AND run_id IN "
+                    "(SELECT run_id FROM runs WHERE experiment = ?)", [experiment])
         _insert(con, "comparisons", rows)
         _insert(con, "base_changes", changes)
+        _insert(con, "metrics", list(clean))
+
+
+def write_leakage(path: Path, experiment: str, rows: list[dict], suites: list[dict], audit: list[dict]) -> None:
+    """Replace an experiment's leakage findings and data audit, in one transaction."""
+    with _transaction(path) as con:
+        for table in ("leakage", "leakage_suites", "data_audit"):
+            con.execute(f"DELETE FROM {table} WHERE experiment = ?", [experiment])
+        _insert(con, "leakage", [{**r, "experiment": experiment} for r in rows])
+        _insert(con, "leakage_suites", [{**r, "experiment": experiment} for r in suites])
+        _insert(con, "data_audit", [{**r, "experiment": experiment} for r in audit])
 
 
 def finished_run(path: Path, config_hash: str) -> dict[str, Any] | None:

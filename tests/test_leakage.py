@@ -226,3 +226,24 @@ def test_scores_equal_a_set_based_reference(seed):
     assert got.keys() == want.keys()
     assert all(got[key] == pytest.approx(want[key]) for key in want)
     assert any(key[2] == "near_dup" for key in want) and any(key[2] == "ngram" for key in want)
+
+
+def test_cli_prints_one_json_object_per_flagged_pair(tmp_path, capsys):
+    import json
+
+    from harness.cli import main
+
+    train = tmp_path / "train.jsonl"
+    evals = tmp_path / "eval.jsonl"
+    train.write_text("\n".join(json.dumps({"id": f"t{i}", "prompt": p, "completion": "ok"})
+                               for i, p in enumerate(["What is the capital of France, please answer briefly?",
+                                                      "Name three primary colours used by painters."])) + "\n")
+    evals.write_text(json.dumps({"id": "e1", "prompt": "what is the capital of FRANCE please answer briefly"}) + "\n"
+                     + json.dumps({"id": "e2", "prompt": "How many legs does a spider have?"}) + "\n")
+    assert main(["leakage", "--train", str(train), "--eval", str(evals), "--format", "json"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert {(x["eval_id"], x["train_id"], x["method"], x["score"]) for x in lines} >= {("e1", "t0", "exact", 1.0)}
+    assert all(x["eval_id"] == "e1" for x in lines)
+    assert main(["leakage", "--train", str(train), "--eval", str(evals)]) == 0
+    assert "1 of 2 samples flagged (exact 1" in capsys.readouterr().out
+    assert main(["leakage", "--train", str(tmp_path / "missing.jsonl"), "--eval", str(evals)]) == 2

@@ -9,6 +9,7 @@ import json
 import shutil
 
 import duckdb
+import numpy as np
 import pytest
 from conftest import rows
 
@@ -57,7 +58,7 @@ def test_perplexity_suite_and_changes_against_the_untouched_base(smoke):
     assert len(nll["base"]) == 6 and all(v > 0 for v in nll["base"].values())
     assert nll["base"] == nll["prompt"]  # a prompt changes nothing in a text's likelihood
     (value, lo, hi, n), = rows(smoke["db"], "SELECT value, ci_low, ci_high, n FROM metrics JOIN runs USING (run_id) "
-                                            "WHERE variant = 'sft' AND suite = 'python_docs' AND metric = 'nll'")
+                                            "WHERE variant = 'sft' AND suite = 'python_docs' AND metric = 'nll' AND slice = 'all'")
     assert value == pytest.approx(np.mean(list(nll["sft"].values()))) and lo <= value <= hi and n == 6
     changes = {(v, s): (m, c, lo, hi, f) for v, s, m, c, lo, hi, f in rows(smoke["db"], """
         SELECT variant, suite, metric, change, ci_low, ci_high, forgetting FROM base_changes""")}
@@ -212,3 +213,49 @@ def test_build_messages_puts_system_and_shots_first():
     assert got == [{"role": "system", "content": "S"}, {"role": "user", "content": "Q1"},
                    {"role": "assistant", "content": "A1"}, {"role": "user", "content": "Q2"}]
     assert build_messages(own, None, []) == own
+
+
+def test_leakage_is_checked_before_training_stored_and_gives_a_clean_slice(smoke):
+    checked = dict(rows(smoke["db"], "SELECT suite, n FROM leakage_suites"))
+    suites = dict(rows(smoke["db"], "SELECT suite, n FROM suites JOIN runs USING (run_id) WHERE variant = 'base'"))
+    assert checked == suites and len(checked) == 3  # tickets, general, python_docs (a perplexity suite)
+    flagged = {sid for (sid,) in rows(smoke["db"], "SELECT DISTINCT sample_id FROM leakage WHERE suite = 'tickets'")}
+    assert flagged and len(flagged) < 12  # the demo tickets reuse sentences of the training tickets
+    for variant in ("base", "sft"):
+        passed = dict(rows(smoke["db"], "SELECT sample_id, passed::DOUBLE FROM outputs JOIN runs USING (run_id) "
+                                        "WHERE variant = ? AND suite = 'tickets'", [variant]))
+        clean = [v for sid, v in passed.items() if sid not in flagged]
+        (value, n), = rows(smoke["db"], "SELECT value, n FROM metrics JOIN runs USING (run_id) WHERE variant = ? "
+                                        "AND suite = 'tickets' AND slice = 'clean' AND metric = 'pass_rate'", [variant])
+        assert n == len(clean) == 12 - len(flagged) and value == pytest.approx(np.mean(clean))
+    (n,), = rows(smoke["db"], "SELECT DISTINCT n FROM comparisons WHERE suite = 'tickets' AND slice = 'clean'")
+    assert n == 12 - len(flagged)  # paired on the same clean samples
+    audit = dict(rows(smoke["db"], "SELECT source, value FROM data_audit WHERE \"check\" = 'examples'"))
+    assert audit == {"train": 320, "preference": 200, "replay": 103}
+    html = smoke["report"].read_text()
+    assert "Leakage and training data" in html and "over_max_length:" in html
+
+
+def test_leakage_policy_stop_exits_2_before_anything_is_written(smoke, tmp_path, capsys):
+    root = smoke["root"]
+    exp = (root / "experiments" / "smoke.yaml").read_text()
+    leaky = exp.replace("train: experiments/data/tickets_train.jsonl", "train: experiments/data/tickets_test.jsonl")
+    assert leaky != exp
+    path = root / "experiments" / "leaky.yaml"
+    path.write_text(leaky.replace("name: smoke", "name: leaky") + "\nleakage: {policy: stop, max_flagged: 0.2}\n")
+    db = tmp_path / "leaky.duckdb"
+    assert main(["run", str(path), "--db", str(db), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "field 'leakage.policy': stop: tickets has 100% of its samples flagged (limit 20%); worst: tickets/" in err
+    assert "(exact 1.00, prompt)" in err and "\n" not in err.strip()
+    assert not db.exists()
+
+
+def test_gate_can_require_the_clean_subset(smoke, tmp_path):
+    from harness.gate import evaluate, load_policy
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("require_clean: true\nchecks:\n  - {suite: tickets, metric: pass_rate, min_diff: -1}\n")
+    (result,) = evaluate(load_policy(policy), smoke["db"], "base", "sft")
+    flagged = rows(smoke["db"], "SELECT count(DISTINCT sample_id) FROM leakage WHERE suite = 'tickets'")[0][0]
+    assert "[clean]" in result.name and result.n == 12 - flagged
