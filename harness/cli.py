@@ -205,7 +205,7 @@ def cmd_leakage(args) -> int:
     import json
 
     from harness.data import load_jsonl, read_utf8
-    from harness.leakage import Settings, check_data, examples_side, worst
+    from harness.leakage import Settings, check_data, examples_side, flagged_by_method, worst
 
     if not 0 < args.near_dup <= 1:
         raise UserError(f"--near-dup {args.near_dup}: expected a Jaccard similarity in (0, 1]")
@@ -214,8 +214,11 @@ def cmd_leakage(args) -> int:
 
     def side(path: Path, kind: str):
         _, text = read_utf8(path, "data file")
-        first = next((line for line in text.splitlines() if line.strip()), "")
-        is_preference = '"chosen"' in first and '"rejected"' in first
+        try:  # the first row says the format; a bad row is load_jsonl's to report, with its line
+            first = json.loads(next((line for line in text.splitlines() if line.strip()), "{}"))
+        except json.JSONDecodeError:
+            first = {}
+        is_preference = isinstance(first, dict) and "chosen" in first and "rejected" in first
         ds = load_jsonl(path, "preference" if kind == "train" and is_preference else "eval")
         return examples_side(str(path), ds.examples), len(ds.examples)
 
@@ -229,10 +232,8 @@ def cmd_leakage(args) -> int:
                               "train_file": r["source"]}, ensure_ascii=False))
         return 0
     for s, n in evals:
-        flagged = {r["sample_id"] for r in rows if r["suite"] == s.name}
-        by = {m: len({r["sample_id"] for r in rows if r["suite"] == s.name and r["method"] == m})
-              for m in ("exact", "ngram", "near_dup")}
-        print(f"{s.name}: {len(flagged)} of {n} samples flagged (exact {by['exact']}, ngram {by['ngram']}, "
+        by = flagged_by_method(rows, s.name)
+        print(f"{s.name}: {by['any']} of {n} samples flagged (exact {by['exact']}, ngram {by['ngram']}, "
               f"near_dup {by['near_dup']})")
     for r in worst(rows, 20):
         print(f"  {r['sample_id']} ≈ {r['train_id']} ({Path(r['source']).name}): {r['method']} {r['score']:.2f} "

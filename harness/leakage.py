@@ -354,15 +354,14 @@ def check_data(train: Sequence[DataSide], evals: Sequence[DataSide], settings: S
     return rows
 
 
-def flagged_fraction(rows: list[dict], sizes: dict[str, int]) -> dict[str, float]:
-    """Per suite: the fraction of its samples flagged by any method, field or training source."""
-    flagged: dict[str, set] = {s: set() for s in sizes}
-    for r in rows:
-        flagged[r["suite"]].add(r["sample_id"])
-    return {s: len(flagged[s]) / n if n else 0.0 for s, n in sizes.items()}
+def flagged_by_method(rows: list[dict], suite: str) -> dict[str, int]:
+    """How many samples of a suite each method flagged (any field or training source), and in all."""
+    mine = [r for r in rows if r["suite"] == suite]
+    counts = {m: len({r["sample_id"] for r in mine if r["method"] == m}) for m in ("exact", "ngram", "near_dup")}
+    return {**counts, "any": len({r["sample_id"] for r in mine})}
 
 
-def worst(rows: list[dict], k: int = 5) -> list[dict]:
+def worst(rows: list[dict], k: int | None = 5) -> list[dict]:
     """The k strongest findings, one per evaluation sample: exact first, then by score."""
     rank = {"exact": 0, "near_dup": 1, "ngram": 2}
     best: dict[tuple, dict] = {}

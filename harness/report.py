@@ -15,6 +15,7 @@ from pathlib import Path
 
 from harness import __version__, store
 from harness.errors import UserError
+from harness.leakage import flagged_by_method, worst
 
 SAMPLES_SHOWN = 6
 
@@ -278,18 +279,12 @@ def _leakage_section(checked: list[dict], leaks: list[dict], audit: list[dict]) 
            "slice <b>clean</b>: the samples not flagged.</p><table><tr><th>eval set</th><th>samples</th>"
            "<th>flagged</th><th>by method</th></tr>"]
     for c in checked:
-        mine = [r for r in leaks if r["suite"] == c["suite"]]
-        by = {m: len({r["sample_id"] for r in mine if r["method"] == m}) for m in ("exact", "ngram", "near_dup")}
+        by = flagged_by_method(leaks, c["suite"])
         out.append(f"<tr><td>{escape(c['suite'])}</td><td>{c['n']}</td><td>{c['flagged']}</td><td>"
-                   + ", ".join(f"{m} {k}" for m, k in by.items() if k) + "</td></tr>")
+                   + ", ".join(f"{m} {k}" for m, k in by.items() if k and m != "any") + "</td></tr>")
     out.append("</table>")
     if leaks:
-        rank = {"exact": 0, "near_dup": 1, "ngram": 2}
-        seen, shown = set(), []
-        for r in sorted(leaks, key=lambda r: (rank[r["method"]], -r["score"])):
-            if (r["suite"], r["sample_id"]) not in seen:
-                seen.add((r["suite"], r["sample_id"]))
-                shown.append(r)
+        shown = worst(leaks, None)
         out.append(f"<details><summary>{len(shown)} flagged samples, strongest match each (first 50)</summary>"
                    "<div class='wide'><table><tr><th>eval sample</th><th>matched training sample</th><th>method</th>"
                    "<th>score</th><th>field</th><th>eval text</th><th>training text</th></tr>")

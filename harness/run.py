@@ -200,12 +200,11 @@ def check_leakage(cfg: Config, inputs: Inputs, db: Path, log) -> list[dict]:
             eval_sides.append(L.examples_side(e.name, ds.examples))
     rows = L.check_data(train_sides, eval_sides, lk)
     sizes = {s.name: len(s.prompt or s.text) for s in eval_sides}
-    fractions = L.flagged_fraction(rows, sizes)
-    for s in eval_sides:
-        methods = sorted({r["method"] for r in rows if r["suite"] == s.name})
-        k = round(fractions[s.name] * sizes[s.name])
-        log(f"[leakage] {s.name}: {k} of {sizes[s.name]} samples flagged" + (f" ({', '.join(methods)})" if k else ""))
-    over = {s: f for s, f in fractions.items() if f > settings.max_flagged}
+    counts = {s: L.flagged_by_method(rows, s) for s in sizes}
+    for s, c in counts.items():
+        methods = [m for m, k in c.items() if k and m != "any"]
+        log(f"[leakage] {s}: {c['any']} of {sizes[s]} samples flagged" + (f" ({', '.join(methods)})" if methods else ""))
+    over = {s: c["any"] / sizes[s] for s, c in counts.items() if sizes[s] and c["any"] / sizes[s] > settings.max_flagged}
     if over:
         cases = "; ".join(f"{r['suite']}/{r['sample_id']} ≈ {r['source']}/{r['train_id']} ({r['method']} {r['score']:.2f}, "
                           f"{r['field']})" for r in L.worst(rows))
@@ -226,7 +225,7 @@ def check_leakage(cfg: Config, inputs: Inputs, db: Path, log) -> list[dict]:
         audit += [{**r, "source": name, "path": str(ds.path), "sha256": ds.sha256}
                   for r in L.audit(side, fields, _token_counts(tokenizer, ds.examples), lengths, lk)]
     now = utc_now()
-    suites = [{"suite": s.name, "n": sizes[s.name], "flagged": round(fractions[s.name] * sizes[s.name]),
+    suites = [{"suite": s.name, "n": sizes[s.name], "flagged": counts[s.name]["any"],
                "sources": json.dumps([t.name for t in train_sides]), "settings": json.dumps(settings.model_dump()),
                "checked_at": now} for s in eval_sides]
     store.write_leakage(db, exp.name, rows, suites, audit)
