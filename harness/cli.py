@@ -58,8 +58,8 @@ def _parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("gate", help="may the candidate replace the baseline? checks a policy on paired intervals")
     g.add_argument("--db", type=Path, default=DEFAULT_DB, help="results file holding the candidate (and the baseline)")
-    g.add_argument("--baseline", required=True, help="baseline variant")
-    g.add_argument("--candidate", required=True, help="candidate variant")
+    g.add_argument("--baseline", default=None, help="baseline variant (default: the policy's, else base)")
+    g.add_argument("--candidate", default=None, help="candidate variant (default: the policy's 'candidate')")
     g.add_argument("--policy", type=Path, required=True,
                    help="policy file (checks: [...]) or an experiment file with a 'gate:' section")
     g.add_argument("--experiment", default=None, help="experiment of the candidate (needed if the file holds several)")
@@ -81,9 +81,11 @@ def _parser() -> argparse.ArgumentParser:
     lk.add_argument("--format", choices=("table", "json"), default="table",
                     help="json: one object per flagged pair (eval_id, train_id, method, score, ...)")
 
-    rep = sub.add_parser("report", help="write the HTML report from a results file")
-    rep.add_argument("--db", type=Path, default=DEFAULT_DB)
-    rep.add_argument("--experiment", default=None, help="only this experiment (default: all in the file)")
+    rep = sub.add_parser("report", help="write one HTML report from one or more results files")
+    rep.add_argument("--db", type=Path, action="append", default=None,
+                     help=f"results file (repeatable: several files in one report; default {DEFAULT_DB})")
+    rep.add_argument("--experiment", action="append", default=None,
+                     help="only these experiments (repeatable; default: every experiment in the files)")
     rep.add_argument("--out", type=Path, default=None, help="report path (default reports/NAME.html)")
 
     ls = sub.add_parser("ls", help="list the runs in a results file")
@@ -191,6 +193,10 @@ def cmd_gate(args) -> int:
     from harness.gate import evaluate, load_policy, table, write_outputs
 
     policy = load_policy(args.policy)
+    args.baseline = args.baseline or policy.baseline
+    args.candidate = args.candidate or policy.candidate
+    if args.candidate is None:
+        raise UserError(f"{args.policy}: no candidate: pass --candidate VARIANT or set 'candidate' in the policy")
     results = evaluate(policy, args.db, args.baseline, args.candidate, args.experiment, args.baseline_db,
                        args.baseline_experiment)
     print(table(results))
@@ -244,9 +250,10 @@ def cmd_leakage(args) -> int:
 def cmd_report(args) -> int:
     from harness.report import write_report
 
-    name = args.experiment or "report"
+    dbs = args.db or [DEFAULT_DB]
+    name = "-".join(args.experiment) if args.experiment else "report"
     out = args.out or Path("reports") / f"{name}.html"
-    write_report(args.db, out, args.experiment)
+    write_report(dbs, out, args.experiment)
     print(f"report: {out}")
     return 0
 

@@ -183,6 +183,10 @@ class Check(Strict):
 
 
 class Policy(Strict):
+    # Who is compared when `harness gate` is not told: the report's verdict checks every variant
+    # against `baseline`, and marks `candidate` as the one proposed for deployment.
+    baseline: str = "base"
+    candidate: str | None = None
     confidence: float = Field(0.95, gt=0.5, lt=1)
     checks: list[Check] = Field(min_length=1)
     # Decide on the samples the leakage check did not flag: checks on slice 'all' read slice 'clean'.
@@ -243,6 +247,11 @@ class Experiment(Strict):
             if check.suite not in names:
                 raise ValueError(f"field 'gate.checks.{i}.suite': {check.suite!r} is not an eval set; "
                                  f"expected one of: {', '.join(names)}")
+        for key in ("baseline", "candidate"):
+            name = getattr(self.gate, key) if self.gate and key in self.gate.model_fields_set else None
+            if name is not None and name not in self.variants:
+                raise ValueError(f"field 'gate.{key}': {name!r} is not a variant; expected one of: "
+                                 f"{', '.join(self.variants)}")
         return self
 
     @model_validator(mode="after")

@@ -157,6 +157,37 @@ def utc_now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
+def environment(project: Path) -> dict:
+    """Where a run ran, for the report's header: library versions, machine, GPU, git commit."""
+    import importlib.metadata
+    import os
+    import subprocess
+
+    import torch
+
+    def version(pkg: str) -> str | None:
+        try:
+            return importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    try:
+        commit = subprocess.run(["git", "-C", str(project), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                                text=True, timeout=10).stdout.strip() or None
+        dirty = commit and bool(subprocess.run(["git", "-C", str(project), "status", "--porcelain", "--untracked-files=no"],
+                                               capture_output=True, text=True, timeout=10).stdout.strip())
+    except (OSError, subprocess.SubprocessError):  # no git, or not a repository: nothing to say
+        commit, dirty = None, False
+    return {
+        "python": platform.python_version(),
+        "libraries": {p: version(p) for p in ("torch", "transformers", "trl", "peft", "datasets", "bitsandbytes",
+                                              "accelerate", "duckdb")},
+        "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs",
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "git_commit": (commit + ("+changes" if dirty else "")) if commit else None,
+    }
+
+
 def training_sources(cfg: Config, inputs: Inputs) -> list[tuple[str, Dataset, list[Variant]]]:
     """Every training set the experiment declares, with the variants that learn from it (the
     prompt variant's few-shot examples come from data.train)."""
@@ -276,6 +307,8 @@ def run_experiment(cfg: Config, db: Path, artifacts: Path, force: bool = False, 
             raise UserError(f"{db}: no stored outputs to re-score for {'; '.join(missing)}: "
                             f"run `harness run {cfg.path} --db {db}` first")
     check_leakage(cfg, inputs, db, log)
+    store.write_experiment(db, exp.name, cfg.path, exp.model_dump(mode="json"), utc_now())
+    env = environment(cfg.path.parent)
     log(f"experiment {exp.name}: {len(variants)} variants, model {exp.model}"
         + ("" if rescore else f" on {policy.device} ({policy.dtype_name})"))
 
@@ -297,7 +330,8 @@ def run_experiment(cfg: Config, db: Path, artifacts: Path, force: bool = False, 
             continue
         # --force re-generates too, unless re-scoring is all that was asked for.
         cached = stored[v.name] if (rescore or not force) else {}
-        outcome = _run_variant(cfg, v, inputs, policy, db, artifacts, h, cached, specs, run_ids, force, progress, log)
+        outcome = _run_variant(cfg, v, inputs, policy, db, artifacts, h, cached, specs, run_ids, force, progress, log,
+                               env)
         outcomes.append(outcome)
         gc.collect()
     return outcomes
@@ -305,7 +339,7 @@ def run_experiment(cfg: Config, db: Path, artifacts: Path, force: bool = False, 
 
 def _run_variant(cfg, v: Variant, inputs: Inputs, policy: DevicePolicy, db: Path, artifacts: Path, h: Hashes,
                  cached: dict[str, dict[str, str] | None], specs: dict, run_ids: dict, force: bool,
-                 progress: bool, log) -> VariantOutcome:
+                 progress: bool, log, env: dict) -> VariantOutcome:
     exp = cfg.experiment
     started = utc_now()
     run_id = f"{exp.name}/{v.name}/{h.config[:10]}-{started.strftime('%Y%m%dT%H%M%S%f')}"
@@ -324,6 +358,7 @@ def _run_variant(cfg, v: Variant, inputs: Inputs, policy: DevicePolicy, db: Path
             "eval": {e.name: _describe(ds) for e, ds, _ in inputs.eval_sets},
         },
         "generation_json": exp.generation.model_dump(mode="json"),
+        "env_json": env,
         "started_at": started,
     }
     train_log: list[dict] = []

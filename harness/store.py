@@ -17,7 +17,7 @@ import duckdb
 
 from harness.errors import UserError
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_info (key VARCHAR PRIMARY KEY, value VARCHAR);
@@ -49,7 +49,11 @@ CREATE TABLE IF NOT EXISTS runs (
     total_params BIGINT,
     train_tokens BIGINT,
     train_steps INTEGER,
-    error VARCHAR
+    error VARCHAR,
+    env_json JSON                       -- where it ran: python and library versions, machine, GPU, git commit
+);
+CREATE TABLE IF NOT EXISTS experiments (  -- the experiment file as last run (its gate policy included)
+    experiment VARCHAR PRIMARY KEY, path VARCHAR, config_json JSON, updated_at TIMESTAMP
 );
 CREATE TABLE IF NOT EXISTS train_log (
     run_id VARCHAR NOT NULL, step INTEGER, loss DOUBLE, learning_rate DOUBLE, extra JSON,
@@ -128,6 +132,7 @@ ALTER TABLE train_log ADD COLUMN IF NOT EXISTS eval_loss DOUBLE;
 ALTER TABLE suites ADD COLUMN IF NOT EXISTS type VARCHAR DEFAULT 'rubric';
 ALTER TABLE suites ADD COLUMN IF NOT EXISTS kind VARCHAR;
 ALTER TABLE suites ADD COLUMN IF NOT EXISTS tolerance DOUBLE DEFAULT 0;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS env_json JSON;
 """
 
 TABLES = ("runs", "train_log", "metrics", "suites", "outputs", "samples")
@@ -229,7 +234,7 @@ def upgrade(path: Path) -> None:
 def write_run(path: Path, run: dict[str, Any], train_log: list[dict], metrics: list[dict],
               outputs: list[dict], samples: list[dict], suites: list[dict] = ()) -> None:
     """All of one run's rows in one transaction: a reader sees all of them or none."""
-    for key in ("config_json", "data_json", "generation_json", "artifact_json"):
+    for key in ("config_json", "data_json", "generation_json", "artifact_json", "env_json"):
         if run.get(key) is not None and not isinstance(run[key], str):
             run = {**run, key: json.dumps(run[key], sort_keys=True)}
     with _transaction(path) as con:
@@ -255,6 +260,12 @@ def write_comparisons(path: Path, experiment: str, rows: list[dict[str, Any]], c
         _insert(con, "comparisons", rows)
         _insert(con, "base_changes", changes)
         _insert(con, "metrics", list(clean))
+
+
+def write_experiment(path: Path, experiment: str, source: Path, config: dict[str, Any], now) -> None:
+    with _transaction(path) as con:
+        con.execute("INSERT OR REPLACE INTO experiments VALUES (?, ?, ?, ?)",
+                    [experiment, str(source), json.dumps(config, sort_keys=True), now])
 
 
 def write_leakage(path: Path, experiment: str, rows: list[dict], suites: list[dict], audit: list[dict]) -> None:

@@ -123,13 +123,13 @@ def test_second_run_skips_and_force_reruns(smoke, capsys):
 def test_report_and_ls(smoke, capsys):
     html = smoke["report"].read_text()
     for name in ("base", "prompt", "sft", "lora", "qlora", "dpo"):
-        assert f"<td>{name}</td>" in html or f"<td class='best'>{name}</td>" in html
-    assert "<script" not in html  # the report runs no code at all
+        assert f"<td>{name}</td>" in html
     assert "a sample passes when its weighted score is at least 1 and every required criterion is met" in html
-    assert "pass rate − base (paired)" in html and "Differences against base (paired, every metric)" in html
-    assert "Pass rate per slice" in html and "category=technical" in html and "priority=urgent" in html
-    assert "Learning and forgetting" in html and "python_docs: change against base" in html and "<svg" in html
-    assert "<h2>Training</h2>" in html and "validation loss" in html
+    assert "pass rate − base" in html and "Differences against base (paired, every metric)" in html
+    assert "pass rate per slice" in html and "category=technical" in html and "priority=urgent" in html
+    assert "Learning and forgetting" in html and "python_docs: change (y) against gain on tickets" in html
+    assert "Training and cost" in html and "validation loss" in html
+    # What is drawn and clicked is tested in Chromium (tests/test_report.py).
     assert main(["ls", "--db", str(smoke["db"])]) == 0
     listing = capsys.readouterr().out
     assert "qlora" in listing and "finished" in listing
@@ -146,8 +146,9 @@ def test_report_escapes_model_output(smoke, tmp_path):
     out = tmp_path / "r.html"
     assert main(["report", "--db", str(db), "--out", str(out)]) == 0
     html = out.read_text()
-    assert "&lt;script&gt;alert(1)&lt;/script&gt;&lt;img src=x onerror=alert(2)&gt;" in html
-    assert "<script" not in html and "<img" not in html
+    # Outputs travel only inside the JSON block, with < and > escaped: no tag can form.
+    assert "\\u003cscript\\u003ealert(1)\\u003c/script\\u003e\\u003cimg src=x onerror=alert(2)\\u003e" in html
+    assert "<img" not in html and "alert(1)</script>" not in html
 
 
 @pytest.mark.parametrize("edit, expected", [
