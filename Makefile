@@ -6,7 +6,7 @@ PY      = $(VENV)/bin/python
 # local CPU wheel); where a GPU is present, the default build from the index.
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: setup demo smoke test clean
+.PHONY: setup browser demo smoke test clean
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
@@ -34,7 +34,12 @@ demo: setup
 smoke: setup
 	$(VENV)/bin/harness run experiments/smoke.yaml --db results/smoke.duckdb
 
-test: setup
+# The report's tests open it in Debian's Chromium, driven by Playwright (no browser download).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; }
+
+test: setup browser
 	$(VENV)/bin/pytest
 
 clean:
