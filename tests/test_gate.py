@@ -136,3 +136,29 @@ def test_forgetting_is_measured_against_the_untouched_base(dbs, capsys):
     assert f"[{p_lo:.3f}, {p_hi:.3f}]" in out and p_hi < -0.05
     assert main(["gate", "--db", str(dbs["db"]), "--baseline", "base", "--candidate", "lora",
                  "--policy", str(policy(dbs["tmp"], text))]) == 0
+
+
+def test_baseline_and_candidate_from_the_policy(dbs, capsys):
+    """The policy may name who is compared; the flags override it; neither naming a candidate is a
+    usage error."""
+    named = policy(dbs["tmp"], "baseline: base\ncandidate: lora\n" + GAIN)
+    assert main(["gate", "--db", str(dbs["db"]), "--policy", str(named)]) == 0
+    assert "gate: lora against base: every check passes" in capsys.readouterr().out
+    assert main(["gate", "--db", str(dbs["db"]), "--policy", str(named), "--baseline", "lora", "--candidate", "base"]) == 1
+    capsys.readouterr()
+    bare = policy(dbs["tmp"], GAIN)
+    assert main(["gate", "--db", str(dbs["db"]), "--policy", str(bare)]) == 2
+    err = capsys.readouterr().err
+    assert "no candidate: pass --candidate VARIANT or set 'candidate' in the policy" in err
+
+
+def test_an_experiment_gate_must_name_its_variants(project):
+    from harness.config import load_config
+    from harness.errors import UserError
+
+    exp = project / "e.yaml"
+    exp.write_text("name: e\nmodel: builtin:tiny-random\neval: [{name: t, data: experiments/data/tickets_test.jsonl, "
+                   "rubric: rubrics/ticket_triage.yaml}]\nvariants: {base: {method: none}}\n"
+                   "gate: {candidate: sfft, checks: [{suite: t, floor: 0.1}]}\n")
+    with pytest.raises(UserError, match="field 'gate.candidate': 'sfft' is not a variant; expected one of: base"):
+        load_config(exp)
