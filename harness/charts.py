@@ -132,7 +132,10 @@ def learning_forgetting(task: str, suite: str, reference: str, points: list[dict
                "line": {"color": RED, "dash": "dash", "width": 1}}] if tolerance else []
     return {"data": traces, "layout": _layout(
         f"{suite}: change (y) against gain on {task} (x), both against {reference}", 380, shapes=shapes,
-        showlegend=False, xaxis={"title": {"text": f"{escape(task)}: gain"}, "zeroline": True},
+        showlegend=False, xaxis={"title": {"text": f"{escape(task)}: gain"}, "zeroline": True,
+                                 # room on the right for the names of the points there
+                                 "range": [min([0, *(p["xlo"] for p in points)]) - 0.05,
+                                           max([0, *(p["xhi"] for p in points)]) + 0.15]},
         yaxis={"title": {"text": f"{escape(suite)}: change"}, "zeroline": True, "automargin": True},
         annotations=[{"xref": "paper", "x": 1, "y": -tolerance, "yanchor": "top", "xanchor": "right",
                       "text": f"forgetting limit −{tolerance:g}", "showarrow": False, "font": {"color": RED, "size": 10}}]
