@@ -23,11 +23,11 @@ from harness import __version__, charts, store
 from harness.compare import HEADLINE, LOWER_IS_BETTER, per_sample_values
 from harness.errors import UserError
 from harness.leakage import flagged_by_method, worst
+from harness.rubric import slice_labels
 from harness.stats import paired_diff_ci
 
 ASSETS = Path(__file__).parent / "report_assets"
 OVERFIT_RISE = 0.10  # validation loss this far (relative) above its lowest value at the end: overfitting
-pareto_front = charts.pareto_front
 
 
 def overfitting(eval_losses: list[float]) -> bool:
@@ -562,8 +562,6 @@ def browser_data(d: dict, suites: list[str], suite_type: dict, baseline_label: s
     slices_of = {}
     for row in d["suites"]:
         slices_of.setdefault(row["suite"], json.loads(row["slices"] or "[]"))
-    from harness.rubric import slice_labels
-
     out = []
     for suite in suites:
         if suite_type.get(suite) == "perplexity" or not outputs.get(suite):
