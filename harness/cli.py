@@ -285,8 +285,17 @@ def cmd_ls(args) -> int:
     return 0
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops a run like Ctrl-C: its variant is marked failed
     try:
         commands = {"run": cmd_run, "rescore": lambda a: cmd_run(a, rescore=True), "score": cmd_score, "gate": cmd_gate,
                     "leakage": cmd_leakage, "report": cmd_report, "ls": cmd_ls}

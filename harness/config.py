@@ -64,6 +64,9 @@ class TrainSettings(Strict):
     early_stopping_patience: int | None = Field(None, gt=0)  # evaluations without a lower validation loss
     # Forgetting mitigation (replay): this fraction of the training mix comes from `data.replay`.
     replay: float = Field(0.0, ge=0, lt=1)
+    # A checkpoint every this many steps (0: none); a run killed mid-training resumes from the last
+    # one. Not part of the training hash: it does not change the weights.
+    save_steps: int = Field(50, ge=0)
 
     @model_validator(mode="after")
     def _early_stopping_needs_validation(self):

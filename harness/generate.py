@@ -24,9 +24,10 @@ def build_messages(prompt: Messages, settings: PromptSettings | None, shots: lis
 
 def generate(model, tokenizer, prompts: list[Messages], settings: GenerationSettings, desc: str = "generate",
              progress: bool = True, temperature: float | None = None, seed: int = 0,
-             prefixes: list[str] | None = None) -> list[str]:
+             prefixes: list[str] | None = None, on_batch=None) -> list[str]:
     """Greedy unless `temperature` is given (the judge's repeated asks); sampling is seeded.
-    `prefixes`: text the assistant's turn starts with, which the model continues (not returned)."""
+    `prefixes`: text the assistant's turn starts with, which the model continues (not returned).
+    `on_batch(indices, texts)` is called after each batch (the caller's indices), e.g. to cache them."""
     import torch
     from tqdm.auto import tqdm
     from transformers import GenerationConfig
@@ -55,8 +56,11 @@ def generate(model, tokenizer, prompts: list[Messages], settings: GenerationSett
         with torch.inference_mode():
             out = model.generate(**batch, generation_config=gen_config)
         new = out[:, batch["input_ids"].shape[1] :]
-        for i, text in zip(idx, tokenizer.batch_decode(new, skip_special_tokens=True)):
-            outputs[i] = text.strip()
+        texts_out = [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+        for i, text in zip(idx, texts_out):
+            outputs[i] = text
+        if on_batch is not None:
+            on_batch(idx, texts_out)
         bar.update(len(idx))
     bar.close()
     return outputs  # type: ignore[return-value]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections import defaultdict
 from datetime import datetime, timezone
 from html import escape
@@ -698,7 +699,8 @@ def render(dbs: Path | list[Path], experiments: str | list[str] | None = None) -
 def write_report(dbs: Path | list[Path], out: Path, experiments: str | list[str] | None = None) -> Path:
     html = render(dbs, experiments)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
+    # Never a half-written report, even with two processes writing the same one: each its own file, renamed.
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     tmp.write_text(html, encoding="utf-8")
-    tmp.replace(out)  # never a half-written report
+    tmp.replace(out)
     return out

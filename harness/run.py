@@ -15,7 +15,10 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
+import os
 import platform
+import shutil
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -137,7 +140,7 @@ def variant_hashes(cfg: Config, inputs: Inputs) -> dict[str, Hashes]:
         data = training_data(v, inputs)
         shots = inputs.train.sha256 if (v.method == Method.prompt and v.prompt.few_shot and inputs.train) else None
         train_hash = content_hash({
-            "variant": v.model_dump(mode="json"),
+            "variant": v.model_dump(mode="json", exclude={"train": {"save_steps"}}),
             "parent": out[v.init_from].train if v.init_from else None,
             "model": exp.model, "model_fingerprint": inputs.model_fingerprint,
             "data": data.sha256 if data else None, "few_shot_data": shots,
@@ -155,6 +158,74 @@ def variant_hashes(cfg: Config, inputs: Inputs) -> dict[str, Hashes]:
 
 def utc_now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+# Seconds between heartbeats of a running variant; a run on another host whose heartbeat is ten
+# beats old is taken for dead (on this host, its process id tells at once).
+HEARTBEAT_S = float(os.environ.get("HARNESS_HEARTBEAT_S", "30"))
+STALE_S = 10 * HEARTBEAT_S
+
+
+class Heartbeat:
+    """While a variant runs, a thread refreshes its run's heartbeat_at (and stage) in the store."""
+
+    def __init__(self, db: Path, run_id: str, log):
+        self.db, self.run_id, self.log = db, run_id, log
+        self.current, self._stop, self._warned = "starting", threading.Event(), False
+
+    def stage(self, name: str) -> None:
+        self.current = name
+        self._beat()
+
+    def _beat(self) -> None:
+        try:
+            store.heartbeat(self.db, self.run_id, utc_now(), self.current)
+        except Exception as e:  # a missed beat only delays crash detection: never stop the run for it
+            if not self._warned:
+                self._warned = True
+                self.log(f"warning: heartbeat not written ({type(e).__name__}: {e})")
+
+    def __enter__(self) -> "Heartbeat":
+        def loop():
+            while not self._stop.wait(HEARTBEAT_S):
+                self._beat()
+
+        self._thread = threading.Thread(target=loop, daemon=True, name="heartbeat")
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class OutputCache:
+    """Generated outputs by content hash (model, generation settings, prompt), appended to a JSONL
+    file batch by batch: an evaluation killed half-way resumes where it stopped. A line cut short by
+    the kill is ignored."""
+
+    def __init__(self, path: Path):
+        self.path, self.outputs = path, {}
+        if path.exists():
+            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+                try:
+                    row = json.loads(line)
+                    self.outputs[row["key"]] = row["output"]
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue
+
+    @staticmethod
+    def key(train_hash: str, generation: dict, messages) -> str:
+        return content_hash({"model": train_hash, "generation": generation, "messages": messages})
+
+    def add(self, pairs: list[tuple[str, str]]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lines = "".join(json.dumps({"key": k, "output": o}, ensure_ascii=False) + "\n" for k, o in pairs)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(lines)
+            f.flush()
+            os.fsync(f.fileno())
+        self.outputs.update(pairs)
 
 
 def environment(project: Path) -> dict:
@@ -308,6 +379,9 @@ def run_experiment(cfg: Config, db: Path, artifacts: Path, force: bool = False, 
                             f"run `harness run {cfg.path} --db {db}` first")
     check_leakage(cfg, inputs, db, log)
     store.write_experiment(db, exp.name, cfg.path, exp.model_dump(mode="json"), utc_now())
+    for r in store.mark_crashed(db, utc_now(), STALE_S):
+        log(f"[{r['variant']}] its run {r['run_id']} ({r['experiment']}) stopped while {r['stage'] or 'starting'} "
+            f"and is marked crashed")
     env = environment(cfg.path.parent)
     log(f"experiment {exp.name}: {len(variants)} variants, model {exp.model}"
         + ("" if rescore else f" on {policy.device} ({policy.dtype_name})"))
@@ -321,17 +395,25 @@ def run_experiment(cfg: Config, db: Path, artifacts: Path, force: bool = False, 
             outcomes.append(VariantOutcome(v.name, "failed", message=f"its parent '{v.init_from}' did not finish"))
             log(f"[{v.name}] not run: its parent '{v.init_from}' did not finish")
             continue
-        done = None if force else store.finished_run(db, h.config)
-        if done:
-            specs[v.name] = ModelSpec(**done["artifact"])
-            run_ids[v.name] = done["run_id"]
-            outcomes.append(VariantOutcome(v.name, "skipped", done["run_id"], "already finished with this content hash"))
-            log(f"[{v.name}] already finished ({done['run_id']}), skipped; --force re-runs it")
-            continue
-        # --force re-generates too, unless re-scoring is all that was asked for.
-        cached = stored[v.name] if (rescore or not force) else {}
-        outcome = _run_variant(cfg, v, inputs, policy, db, artifacts, h, cached, specs, run_ids, force, progress, log,
-                               env)
+        waited = False
+        while True:
+            done = None if force else store.finished_run(db, exp.name, h.config)
+            if done:
+                specs[v.name] = ModelSpec(**done["artifact"])
+                run_ids[v.name] = done["run_id"]
+                outcome = VariantOutcome(v.name, "skipped", done["run_id"], "already finished with this content hash")
+                log(f"[{v.name}] already finished ({done['run_id']}), skipped; --force re-runs it")
+                break
+            # --force re-generates too, unless re-scoring is all that was asked for.
+            cached = stored[v.name] if (rescore or not force) else {}
+            outcome = _run_variant(cfg, v, inputs, policy, db, artifacts, h, cached, specs, run_ids, force, progress,
+                                   log, env)
+            if outcome.status != "elsewhere":
+                break
+            if not waited:  # the same variant, same content, in another live process: wait for its result
+                log(f"[{v.name}] {outcome.message}; waiting for it")
+                waited = True
+            time.sleep(min(HEARTBEAT_S, 5.0))
         outcomes.append(outcome)
         gc.collect()
     return outcomes
@@ -359,92 +441,139 @@ def _run_variant(cfg, v: Variant, inputs: Inputs, policy: DevicePolicy, db: Path
         },
         "generation_json": exp.generation.model_dump(mode="json"),
         "env_json": env,
-        "started_at": started,
+        "started_at": started, "host": store.HOST, "pid": os.getpid(),
     }
+    other = store.claim_run(db, run, started, STALE_S)  # 'running' from here, with a heartbeat
+    if other is not None:
+        return VariantOutcome(v.name, "elsewhere", other["run_id"],
+                              f"being run by another process ({other['host']}, pid {other['pid']})")
     train_log: list[dict] = []
     try:
-        # (--force leaves `cached` empty: then everything is trained and generated again.)
-        earlier = store.trained_run(db, h.train) if cached and all(o is not None for o in cached.values()) else None
-        if earlier is not None:
-            # Every eval set's outputs are stored: nothing to train or generate, only to score.
-            source, train_log = earlier
-            keep = ("train_wall_s", "peak_mem_mb", "trainable_params", "total_params", "train_tokens", "train_steps",
-                    "device", "dtype")
-            run.update({k: source[k] for k in keep})
-            spec = ModelSpec(**json.loads(source["artifact_json"]))
-            log(f"[{v.name}] re-scoring the outputs of {source['run_id']}")
-        else:
-            start = specs[v.init_from] if v.init_from else ModelSpec(str(inputs.model_path))
-            spec = start
-            if v.method.trains:
-                out_dir = artifacts / exp.name / f"{v.name}-{h.train[:12]}"
-                result = _train_or_reuse(v, start, data, inputs, out_dir, policy, exp, force, progress, log)
-                spec = ModelSpec(**result["model"])
-                train_log = [{"step": int(e.get("step", 0)), "loss": e.get("loss"), "learning_rate": e.get("learning_rate"),
-                              "extra": json.dumps({k: x for k, x in e.items() if k not in ("step", "loss", "learning_rate")})}
-                             for e in result["loss_curve"]]
-                train_log += [{"step": int(e["step"]), "eval_loss": e["eval_loss"]} for e in result.get("eval_curve", [])]
-                run.update(train_wall_s=result["wall_s"], peak_mem_mb=result["peak_mem_mb"],
-                           trainable_params=result["trainable_params"], total_params=result["total_params"],
-                           train_tokens=result["tokens"], train_steps=result["steps"])
-        run["artifact_json"] = dataclasses.asdict(spec)
-
-        t0 = time.perf_counter()
-        loaded: dict = {}
-
-        def model_and_tokenizer():
-            if not loaded:
-                loaded["model"] = load_model(spec, policy, exp.trust_remote_code)
-                loaded["tokenizer"] = load_tokenizer(spec.path, exp.trust_remote_code)
-                if run.get("total_params") is None:
-                    run["total_params"] = sum(p.numel() for p in loaded["model"].parameters())
-            return loaded["model"], loaded["tokenizer"]
-
-        shots = inputs.train.examples[: v.prompt.few_shot] if (v.method == Method.prompt and inputs.train) else []
-        metrics, outputs, samples, suites = [], [], [], []
-        for e, ds, rubric in inputs.eval_sets:
-            stored = cached.get(e.name)
-            if e.type == "perplexity":
-                rows, suite_outputs = _perplexity_suite(e, ds, stored, model_and_tokenizer, exp.generation.batch_size)
-            elif e.type == "lm_eval":
-                rows, suite_outputs = _lm_eval_suite(e, ds, stored, model_and_tokenizer, exp.generation.batch_size)
-            else:
-                if stored is not None:
-                    texts = [stored[ex.id]["output"] for ex in ds.examples]
-                else:
-                    model, tokenizer = model_and_tokenizer()
-                    use_prompt = v.method == Method.prompt and e.kind == "task"
-                    prompts = [build_messages(ex.prompt, v.prompt if use_prompt else None, shots if use_prompt else [])
-                               for ex in ds.examples]
-                    texts = generate(model, tokenizer, prompts, exp.generation, desc=f"[{v.name}] {e.name}",
-                                     progress=progress)
-                scores = score_samples(rubric, texts, ds.examples, progress=progress)
-                rows = suite_metrics(scores, ds.examples, e.slices)
-                suite_outputs = output_rows(e.name, ds.examples, texts, scores)
-                samples += sample_rows(e.name, scores)
-            metrics += [{**r, "suite": e.name} for r in rows]
-            outputs += suite_outputs
-            suites.append(suite_row(e.name, rubric, e.slices, len(suite_outputs), h.gen[e.name], e))
-            head = {r["metric"]: r for r in rows if r["slice"] == "all"}
-            shown = ("nll", "perplexity") if e.type == "perplexity" else ("score", "pass_rate")
-            log(f"[{v.name}] {e.name}: " + ", ".join(f"{m.replace('_', ' ')} {_fmt(head[m])}" for m in shown)
-                + f" (n={len(suite_outputs)})")
-        loaded.clear()
-        # Re-scored outputs cost what generating them cost (plus seconds of scoring): keep that figure.
-        eval_wall_s = earlier[0]["eval_wall_s"] if earlier is not None else time.perf_counter() - t0
-        run.update(eval_wall_s=eval_wall_s, status="finished", finished_at=utc_now())
+        with Heartbeat(db, run_id, log) as beat:
+            spec, metrics, outputs, samples, suites = _train_and_evaluate(
+                cfg, v, inputs, policy, db, artifacts, h, cached, specs, force, progress, log, run, train_log, beat)
+        run.update(status="finished", finished_at=utc_now(), stage="written", heartbeat_at=utc_now())
         store.write_run(db, run, train_log, metrics, outputs, samples, suites)
         specs[v.name], run_ids[v.name] = spec, run_id
         return VariantOutcome(v.name, "finished", run_id, metrics=metrics)
-    except KeyboardInterrupt:
-        raise
-    except Exception as exc:  # one variant failing must not lose the others
-        message = f"{type(exc).__name__}: {exc}"
-        log(f"[{v.name}] failed: {message}")
-        run.update(status="failed", finished_at=utc_now(), error=traceback.format_exc()[-4000:])
+    except BaseException as exc:  # one variant failing must not lose the others
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        message = "interrupted" if interrupted else f"{type(exc).__name__}: {exc}"
+        log(f"[{v.name}] {'interrupted' if interrupted else 'failed: ' + message}")
+        run.update(status="failed", finished_at=utc_now(), heartbeat_at=utc_now(),
+                   error=message if interrupted else traceback.format_exc()[-4000:])
         run.setdefault("artifact_json", None)
         store.write_run(db, run, train_log, [], [], [])
+        if interrupted or not isinstance(exc, Exception):
+            raise
         return VariantOutcome(v.name, "failed", run_id, message)
+    finally:
+        store.release(run_id)
+
+
+def _train_and_evaluate(cfg, v: Variant, inputs: Inputs, policy: DevicePolicy, db: Path, artifacts: Path, h: Hashes,
+                        cached: dict[str, dict[str, str] | None], specs: dict, force: bool, progress: bool, log,
+                        run: dict, train_log: list[dict], beat: Heartbeat):
+    """The work of one variant: train (or reuse), generate (or reuse), score. Fills `run` (costs,
+    artifact) and `train_log`; returns the model and the rows to store: metrics, outputs, samples, suites."""
+    exp = cfg.experiment
+    # (--force leaves `cached` empty: then everything is trained and generated again.)
+    earlier = store.trained_run(db, h.train) if cached and all(o is not None for o in cached.values()) else None
+    if earlier is not None:
+        # Every eval set's outputs are stored: nothing to train or generate, only to score.
+        source, logged = earlier
+        train_log += logged
+        keep = ("train_wall_s", "peak_mem_mb", "trainable_params", "total_params", "train_tokens", "train_steps",
+                "device", "dtype")
+        run.update({k: source[k] for k in keep})
+        spec = ModelSpec(**json.loads(source["artifact_json"]))
+        log(f"[{v.name}] re-scoring the outputs of {source['run_id']}")
+    else:
+        start = specs[v.init_from] if v.init_from else ModelSpec(str(inputs.model_path))
+        spec = start
+        if v.method.trains:
+            beat.stage("training")
+            out_dir = artifacts / exp.name / f"{v.name}-{h.train[:12]}"
+            result = _train_or_reuse(v, start, training_data(v, inputs), inputs, out_dir, policy, exp, force,
+                                     progress, log)
+            spec = ModelSpec(**result["model"])
+            train_log += [{"step": int(e.get("step", 0)), "loss": e.get("loss"), "learning_rate": e.get("learning_rate"),
+                           "extra": json.dumps({k: x for k, x in e.items() if k not in ("step", "loss", "learning_rate")})}
+                          for e in result["loss_curve"]]
+            train_log += [{"step": int(e["step"]), "eval_loss": e["eval_loss"]} for e in result.get("eval_curve", [])]
+            run.update(train_wall_s=result["wall_s"], peak_mem_mb=result["peak_mem_mb"],
+                       trainable_params=result["trainable_params"], total_params=result["total_params"],
+                       train_tokens=result["tokens"], train_steps=result["steps"])
+    run["artifact_json"] = dataclasses.asdict(spec)
+
+    t0 = time.perf_counter()
+    loaded: dict = {}
+
+    def model_and_tokenizer():
+        if not loaded:
+            loaded["model"] = load_model(spec, policy, exp.trust_remote_code)
+            loaded["tokenizer"] = load_tokenizer(spec.path, exp.trust_remote_code)
+            if run.get("total_params") is None:
+                run["total_params"] = sum(p.numel() for p in loaded["model"].parameters())
+        return loaded["model"], loaded["tokenizer"]
+
+    shots = inputs.train.examples[: v.prompt.few_shot] if (v.method == Method.prompt and inputs.train) else []
+    generation = exp.generation.model_dump(mode="json")
+    cache = OutputCache(artifacts / "outputs" / f"{h.train[:16]}.jsonl")
+    metrics, outputs, samples, suites = [], [], [], []
+    for e, ds, rubric in inputs.eval_sets:
+        stored = cached.get(e.name)
+        beat.stage(f"evaluating {e.name}")
+        if e.type == "perplexity":
+            rows, suite_outputs = _perplexity_suite(e, ds, stored, model_and_tokenizer, exp.generation.batch_size)
+        elif e.type == "lm_eval":
+            rows, suite_outputs = _lm_eval_suite(e, ds, stored, model_and_tokenizer, exp.generation.batch_size)
+        else:
+            if stored is not None:
+                texts = [stored[ex.id]["output"] for ex in ds.examples]
+            else:
+                use_prompt = v.method == Method.prompt and e.kind == "task"
+                prompts = [build_messages(ex.prompt, v.prompt if use_prompt else None, shots if use_prompt else [])
+                           for ex in ds.examples]
+                texts = _generate_cached(v, e, prompts, cache, h.train, generation, exp.generation, force,
+                                         model_and_tokenizer, progress, log)
+            beat.stage(f"scoring {e.name}")
+            scores = score_samples(rubric, texts, ds.examples, progress=progress)
+            rows = suite_metrics(scores, ds.examples, e.slices)
+            suite_outputs = output_rows(e.name, ds.examples, texts, scores)
+            samples += sample_rows(e.name, scores)
+        metrics += [{**r, "suite": e.name} for r in rows]
+        outputs += suite_outputs
+        suites.append(suite_row(e.name, rubric, e.slices, len(suite_outputs), h.gen[e.name], e))
+        head = {r["metric"]: r for r in rows if r["slice"] == "all"}
+        shown = ("nll", "perplexity") if e.type == "perplexity" else ("score", "pass_rate")
+        log(f"[{v.name}] {e.name}: " + ", ".join(f"{m.replace('_', ' ')} {_fmt(head[m])}" for m in shown)
+            + f" (n={len(suite_outputs)})")
+    loaded.clear()
+    beat.stage("writing")
+    # Re-scored outputs cost what generating them cost (plus seconds of scoring): keep that figure.
+    run["eval_wall_s"] = earlier[0]["eval_wall_s"] if earlier is not None else time.perf_counter() - t0
+    return spec, metrics, outputs, samples, suites
+
+
+def _generate_cached(v: Variant, e: EvalSet, prompts, cache: OutputCache, train_hash: str, generation: dict,
+                     settings, force: bool, model_and_tokenizer, progress: bool, log) -> list[str]:
+    """Outputs for `prompts`: from the cache where this model already answered them with these
+    settings (unless --force), the rest generated and added to the cache batch by batch."""
+    keys = [OutputCache.key(train_hash, generation, p) for p in prompts]
+    todo = [i for i, k in enumerate(keys) if force or k not in cache.outputs]
+    if len(todo) < len(keys):
+        log(f"[{v.name}] {e.name}: {len(keys) - len(todo)} of {len(keys)} outputs from the output cache"
+            + (f", generating the other {len(todo)}" if todo else ""))
+    if todo:
+        model, tokenizer = model_and_tokenizer()
+        new = generate(model, tokenizer, [prompts[i] for i in todo], settings, desc=f"[{v.name}] {e.name}",
+                       progress=progress,
+                       on_batch=lambda idx, texts: cache.add([(keys[todo[j]], t) for j, t in zip(idx, texts)]))
+        fresh = {keys[i]: t for i, t in zip(todo, new)}
+    else:
+        fresh = {}
+    return [fresh.get(k, cache.outputs.get(k)) for k in keys]
 
 
 def suite_row(suite: str, rubric: Rubric | None, slices: list[str], n: int, gen_hash: str | None,
@@ -513,13 +642,17 @@ def _train_or_reuse(v: Variant, start: ModelSpec, data: Dataset, inputs: Inputs,
         log(f"[{v.name}] reusing trained model in {out_dir}")
         return json.loads(marker.read_text())
     marker.unlink(missing_ok=True)
+    if force:  # from step 0: no resuming from an earlier attempt's checkpoint
+        shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
     train, validation = training_split(v, data, inputs, exp.seed)
     log(f"[{v.name}] training: {v.method.value}, {v.train.max_steps} steps of {v.train.batch_size} "
         f"on {len(train.examples)} examples" + (f" ({v.train.replay:.0%} replay)" if v.train.replay else "")
         + (f", validation loss on {len(validation)} held out" if validation else ""))
-    result = train_variant(v, start, train, out_dir, policy, exp.seed, exp.trust_remote_code, progress, validation)
+    result = train_variant(v, start, train, out_dir, policy, exp.seed, exp.trust_remote_code, progress, validation,
+                           log=lambda s: log(f"[{v.name}] {s}"))
     as_dict = dataclasses.asdict(result)
     marker.write_text(json.dumps(as_dict))
+    shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)  # only for resuming; the artifact is whole now
     evals = result.eval_curve
     val = (f", validation loss {evals[0]['eval_loss']:.3f} → {evals[-1]['eval_loss']:.3f} (lowest "
            f"{min(e['eval_loss'] for e in evals):.3f})" if evals else "")

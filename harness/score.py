@@ -90,7 +90,7 @@ def store_external(db: Path, experiment: str, variant: str, suite: str, system: 
                                 "slices": slices, "suite": suite, "experiment": experiment, "variant": variant,
                                 "system": system, "harness": __version__})
     store.upgrade(db)
-    done = store.finished_run(db, config_hash)
+    done = store.finished_run(db, experiment, config_hash)
     if done:
         return done["run_id"], False
     run_id = f"{experiment}/{variant}/{config_hash[:10]}-{now.strftime('%Y%m%dT%H%M%S%f')}"

@@ -8,6 +8,10 @@ lock), and readers open it read-only. The schema is documented in the README ("S
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,7 +21,7 @@ import duckdb
 
 from harness.errors import UserError
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_info (key VARCHAR PRIMARY KEY, value VARCHAR);
@@ -26,7 +30,7 @@ CREATE TABLE IF NOT EXISTS runs (
     experiment VARCHAR NOT NULL,
     variant VARCHAR NOT NULL,
     method VARCHAR NOT NULL,
-    status VARCHAR NOT NULL,            -- finished | failed
+    status VARCHAR NOT NULL,            -- running | finished | failed | crashed (its process died: see heartbeat_at)
     config_hash VARCHAR NOT NULL,       -- content hash: variant config, parent, data, model, harness version
     train_hash VARCHAR,                 -- content hash of what shapes the weights (null: external outputs)
     parent_run_id VARCHAR,              -- the variant it started from (init_from)
@@ -50,7 +54,10 @@ CREATE TABLE IF NOT EXISTS runs (
     train_tokens BIGINT,
     train_steps INTEGER,
     error VARCHAR,
-    env_json JSON                       -- where it ran: python and library versions, machine, GPU, git commit
+    env_json JSON,                      -- where it ran: python and library versions, machine, GPU, git commit
+    host VARCHAR, pid INTEGER,          -- the process running it
+    heartbeat_at TIMESTAMP,             -- refreshed while it runs; a stale one on a 'running' run means it died
+    stage VARCHAR                       -- what it was doing: training | generating | scoring | writing
 );
 CREATE TABLE IF NOT EXISTS experiments (  -- the experiment file as last run (its gate policy included)
     experiment VARCHAR PRIMARY KEY, path VARCHAR, config_json JSON, updated_at TIMESTAMP
@@ -133,14 +140,25 @@ ALTER TABLE suites ADD COLUMN IF NOT EXISTS type VARCHAR DEFAULT 'rubric';
 ALTER TABLE suites ADD COLUMN IF NOT EXISTS kind VARCHAR;
 ALTER TABLE suites ADD COLUMN IF NOT EXISTS tolerance DOUBLE DEFAULT 0;
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS env_json JSON;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS host VARCHAR;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS pid INTEGER;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS heartbeat_at TIMESTAMP;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS stage VARCHAR;
 """
 
 TABLES = ("runs", "train_log", "metrics", "suites", "outputs", "samples")
 
 
-def _connect(path: Path, read_only: bool, timeout_s: float = 60.0) -> duckdb.DuckDBPyConnection:
+# One connection at a time in this process: DuckDB refuses a read-only and a read-write connection to
+# one file in the same process, and the heartbeat thread writes while the main thread works.
+_LOCK = threading.RLock()
+# How long to wait for another process's lock before giving up.
+LOCK_TIMEOUT_S = float(os.environ.get("HARNESS_DB_TIMEOUT_S", "300"))
+
+
+def _connect(path: Path, read_only: bool, timeout_s: float | None = None) -> duckdb.DuckDBPyConnection:
     """Open the file, waiting (with backoff) while another process holds the write lock."""
-    delay, deadline = 0.05, time.monotonic() + timeout_s
+    delay, deadline = 0.05, time.monotonic() + (LOCK_TIMEOUT_S if timeout_s is None else timeout_s)
     while True:
         try:
             return duckdb.connect(str(path), read_only=read_only)
@@ -156,24 +174,24 @@ def _connect(path: Path, read_only: bool, timeout_s: float = 60.0) -> duckdb.Duc
 def reader(path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
     if not Path(path).exists():
         raise UserError(f"{path}: results file not found (run `harness run EXPERIMENT.yaml --db {path}` first)")
-    try:
-        con = _connect(Path(path), read_only=True)
-    except duckdb.Error as e:
-        raise UserError(f"{path}: not a readable DuckDB results file ({str(e).splitlines()[0]})") from None
-    try:
-        version = con.execute("SELECT value FROM schema_info WHERE key = 'schema_version'").fetchone()
-    except duckdb.CatalogException:
-        con.close()
-        raise UserError(f"{path}: not a harness results file (no schema_info table)") from None
-    if version is None or int(version[0]) != SCHEMA_VERSION:
-        con.close()
-        older = version is not None and int(version[0]) < SCHEMA_VERSION
-        hint = "; any `harness run` or `harness rescore` writing to it upgrades it" if older else ""
-        raise UserError(f"{path}: results schema version {version and version[0]}, this harness reads {SCHEMA_VERSION}{hint}")
-    try:
-        yield con
-    finally:
-        con.close()
+    with _LOCK:
+        try:
+            con = _connect(Path(path), read_only=True)
+        except duckdb.Error as e:
+            raise UserError(f"{path}: not a readable DuckDB results file ({str(e).splitlines()[0]})") from None
+        try:
+            try:
+                version = con.execute("SELECT value FROM schema_info WHERE key = 'schema_version'").fetchone()
+            except duckdb.CatalogException:
+                raise UserError(f"{path}: not a harness results file (no schema_info table)") from None
+            if version is None or int(version[0]) != SCHEMA_VERSION:
+                older = version is not None and int(version[0]) < SCHEMA_VERSION
+                hint = "; any `harness run` or `harness rescore` writing to it upgrades it" if older else ""
+                raise UserError(f"{path}: results schema version {version and version[0]}, this harness reads "
+                                f"{SCHEMA_VERSION}{hint}")
+            yield con
+        finally:
+            con.close()
 
 
 def _insert(con: duckdb.DuckDBPyConnection, table: str, rows: list[dict[str, Any]]) -> None:
@@ -190,30 +208,39 @@ def _insert(con: duckdb.DuckDBPyConnection, table: str, rows: list[dict[str, Any
 def _transaction(path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
     """A write connection in one transaction, with the schema current: all of it lands or none."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    con = _connect(path, read_only=False)
-    try:
-        con.execute("BEGIN")
-        con.execute(SCHEMA)
-        con.execute(MIGRATIONS)
-        con.execute("INSERT OR REPLACE INTO schema_info VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
-        yield con
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
-    finally:
-        con.close()
+    with _LOCK:
+        con = _connect(path, read_only=False)
+        try:
+            con.execute("BEGIN")
+            con.execute(SCHEMA)
+            con.execute(MIGRATIONS)
+            con.execute("INSERT OR REPLACE INTO schema_info VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
+            yield con
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        finally:
+            con.close()
+
+
+def _fault(point: str) -> None:
+    """Fault injection for the crash tests: HARNESS_TEST_KILL=POINT makes this process SIGKILL itself
+    there (here: inside a write transaction, its rows inserted, before COMMIT)."""
+    if os.environ.get("HARNESS_TEST_KILL") == point:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _version(path: Path) -> int | None:
-    con = _connect(path, read_only=True)
-    try:
-        row = con.execute("SELECT value FROM schema_info WHERE key = 'schema_version'").fetchone()
-        return int(row[0]) if row else None
-    except duckdb.CatalogException:
-        return None
-    finally:
-        con.close()
+    with _LOCK:
+        con = _connect(path, read_only=True)
+        try:
+            row = con.execute("SELECT value FROM schema_info WHERE key = 'schema_version'").fetchone()
+            return int(row[0]) if row else None
+        except duckdb.CatalogException:
+            return None
+        finally:
+            con.close()
 
 
 def upgrade(path: Path) -> None:
@@ -231,12 +258,15 @@ def upgrade(path: Path) -> None:
             pass
 
 
+def _json_columns(run: dict[str, Any]) -> dict[str, Any]:
+    return {k: json.dumps(v, sort_keys=True) if k.endswith("_json") and v is not None and not isinstance(v, str) else v
+            for k, v in run.items()}
+
+
 def write_run(path: Path, run: dict[str, Any], train_log: list[dict], metrics: list[dict],
               outputs: list[dict], samples: list[dict], suites: list[dict] = ()) -> None:
     """All of one run's rows in one transaction: a reader sees all of them or none."""
-    for key in ("config_json", "data_json", "generation_json", "artifact_json", "env_json"):
-        if run.get(key) is not None and not isinstance(run[key], str):
-            run = {**run, key: json.dumps(run[key], sort_keys=True)}
+    run = _json_columns(run)
     with _transaction(path) as con:
         for table in TABLES:  # re-writing a run (same run_id) replaces it whole
             con.execute(f"DELETE FROM {table} WHERE run_id = ?", [run["run_id"]])
@@ -246,6 +276,117 @@ def write_run(path: Path, run: dict[str, Any], train_log: list[dict], metrics: l
         _insert(con, "suites", [{**r, "run_id": run["run_id"]} for r in suites])
         _insert(con, "outputs", [{**r, "run_id": run["run_id"]} for r in outputs])
         _insert(con, "samples", [{**r, "run_id": run["run_id"]} for r in samples])
+        if run.get("status") == "finished":
+            _fault("db-write")
+
+
+# Runs in progress. A run is 'running' from its start until its results are written; its process
+# refreshes heartbeat_at. The next `harness run` marks a 'running' run whose process is gone (same
+# host, pid not alive) or whose heartbeat is older than `stale_s` (another host) as 'crashed'.
+HOST = socket.gethostname()
+_ACTIVE: set[str] = set()  # run ids this process is running (a run of ours not here was interrupted)
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a killed child its parent has not reaped yet is a zombie: dead for our purpose
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def is_dead(run: dict[str, Any], now, stale_s: float) -> bool:
+    """Whether a 'running' run's process is gone."""
+    beat = run["heartbeat_at"] or run["started_at"]
+    if beat is None or (now - beat).total_seconds() > stale_s:
+        return True
+    if run["host"] != HOST:
+        return False  # only its heartbeat can tell
+    if run["pid"] == os.getpid():
+        return run["run_id"] not in _ACTIVE
+    return not _pid_alive(run["pid"])
+
+
+def mark_crashed(path: Path, now, stale_s: float) -> list[dict[str, Any]]:
+    """Mark every 'running' run whose process is gone as 'crashed'; return them."""
+    if not path.exists():
+        return []
+    with _transaction(path) as con:
+        running = query(con, "SELECT run_id, experiment, variant, host, pid, started_at, heartbeat_at, stage "
+                             "FROM runs WHERE status = 'running'")
+        dead = [r for r in running if is_dead(r, now, stale_s)]
+        for r in dead:
+            con.execute("UPDATE runs SET status = 'crashed', finished_at = coalesce(heartbeat_at, started_at), "
+                        "error = ? WHERE run_id = ?",
+                        [f"the process ({r['host']}, pid {r['pid']}) stopped while {r['stage'] or 'starting'}; "
+                         f"last heartbeat {r['heartbeat_at']}", r["run_id"]])
+    return dead
+
+
+def claim_run(path: Path, run: dict[str, Any], now, stale_s: float) -> dict[str, Any] | None:
+    """Insert `run` as 'running', unless a live process is already running the same variant of the
+    same experiment with the same content hash: then return that run and insert nothing. One
+    transaction, so two processes cannot both claim it."""
+    run = _json_columns(run)
+    with _transaction(path) as con:
+        others = query(con, "SELECT run_id, host, pid, started_at, heartbeat_at FROM runs WHERE status = 'running' "
+                            "AND experiment = ? AND config_hash = ? AND run_id <> ?",
+                       [run["experiment"], run["config_hash"], run["run_id"]])
+        live = [r for r in others if not is_dead(r, now, stale_s)]
+        if live:
+            return live[0]
+        con.execute("DELETE FROM runs WHERE run_id = ?", [run["run_id"]])
+        _insert(con, "runs", [{**run, "status": "running", "heartbeat_at": now}])
+    _ACTIVE.add(run["run_id"])
+    return None
+
+
+def release(run_id: str) -> None:
+    """This process no longer runs `run_id` (its row says how it ended)."""
+    _ACTIVE.discard(run_id)
+
+
+def heartbeat(path: Path, run_id: str, now, stage: str) -> None:
+    with _transaction(path) as con:
+        con.execute("UPDATE runs SET heartbeat_at = ?, stage = ? WHERE run_id = ? AND status = 'running'",
+                    [now, stage, run_id])
+
+
+def integrity_problems(path: Path) -> list[str]:
+    """What is wrong with a results file, as sentences (empty: nothing). DuckDB has no integrity
+    pragma; it checksums every block it reads, so walking every table's storage (PRAGMA storage_info)
+    and reading every row checks the file; then the rows' relations are checked."""
+    problems = []
+    with reader(path) as con:
+        for (table,) in con.execute("SELECT table_name FROM duckdb_tables()").fetchall():
+            con.execute(f"PRAGMA storage_info('{table}')").fetchall()
+            con.sql(f"SELECT * FROM {table}").to_arrow_table()
+        checks = {
+            "runs with an unknown status": "SELECT count(*) FROM runs WHERE status NOT IN "
+                                           "('running', 'finished', 'failed', 'crashed')",
+            "duplicate run ids": "SELECT count(*) - count(DISTINCT run_id) FROM runs",
+            "finished runs without finished_at": "SELECT count(*) FROM runs WHERE status = 'finished' "
+                                                 "AND finished_at IS NULL",
+            **{f"{t} rows of no run": f"SELECT count(*) FROM {t} WHERE run_id NOT IN (SELECT run_id FROM runs)"
+               for t in TABLES if t != "runs"},
+            "outputs stored twice": "SELECT count(*) - count(DISTINCT (run_id, suite, sample_id)) FROM outputs",
+            "metrics stored twice": "SELECT count(*) - count(DISTINCT (run_id, suite, metric, slice)) FROM metrics",
+            "finished runs missing a suite's outputs":
+                "SELECT count(*) FROM suites s JOIN runs r USING (run_id) WHERE r.status = 'finished' AND s.n <> "
+                "(SELECT count(*) FROM outputs o WHERE o.run_id = s.run_id AND o.suite = s.suite)",
+        }
+        for what, sql in checks.items():
+            n = con.execute(sql).fetchone()[0]
+            if n:
+                problems.append(f"{n} {what}")
+    return problems
 
 
 def write_comparisons(path: Path, experiment: str, rows: list[dict[str, Any]], changes: list[dict[str, Any]],
@@ -278,14 +419,15 @@ def write_leakage(path: Path, experiment: str, rows: list[dict], suites: list[di
         _insert(con, "data_audit", [{**r, "experiment": experiment} for r in audit])
 
 
-def finished_run(path: Path, config_hash: str) -> dict[str, Any] | None:
-    """The newest finished run with this content hash, or None."""
+def finished_run(path: Path, experiment: str, config_hash: str) -> dict[str, Any] | None:
+    """The experiment's newest finished run with this content hash, or None. (Another experiment's
+    identical variant does not count: its outputs are re-scored into a run of this one instead.)"""
     if not path.exists():
         return None
     with reader(path) as con:
         rows = con.execute(
-            "SELECT run_id, artifact_json FROM runs WHERE config_hash = ? AND status = 'finished' "
-            "ORDER BY finished_at DESC LIMIT 1", [config_hash]).fetchall()
+            "SELECT run_id, artifact_json FROM runs WHERE experiment = ? AND config_hash = ? AND status = 'finished' "
+            "ORDER BY finished_at DESC LIMIT 1", [experiment, config_hash]).fetchall()
     if not rows:
         return None
     return {"run_id": rows[0][0], "artifact": json.loads(rows[0][1]) if rows[0][1] else None}
@@ -330,12 +472,14 @@ def query(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) 
 LATEST_RUNS = """
 SELECT * FROM runs r
 WHERE (? IS NULL OR experiment = ?)
-QUALIFY row_number() OVER (PARTITION BY experiment, variant ORDER BY finished_at DESC) = 1
+QUALIFY row_number() OVER (PARTITION BY experiment, variant
+                           ORDER BY status = 'finished' DESC, coalesce(finished_at, heartbeat_at) DESC NULLS LAST) = 1
 ORDER BY experiment, method = 'external',
          (SELECT min(f.started_at) FROM runs f WHERE f.experiment = r.experiment AND f.variant = r.variant)
 """
 
 
 def latest_runs(con: duckdb.DuckDBPyConnection, experiment: str | None = None) -> list[dict[str, Any]]:
-    """The newest run of every variant (finished or failed), in the order they were run."""
+    """Every variant's newest finished run; for a variant that never finished, its newest run
+    (failed, crashed or running). In the order they were first run."""
     return query(con, LATEST_RUNS, [experiment, experiment])

@@ -8,6 +8,7 @@ data: how to rebuild the trained model (`ModelSpec`) and what training cost.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from dataclasses import dataclass
@@ -117,7 +118,10 @@ def _common_args(variant: Variant, out_dir: Path, policy: DevicePolicy, seed: in
         warmup_steps=t.warmup_steps,
         max_length=t.max_length,
         logging_steps=1,
-        save_strategy="no",
+        # Checkpoints (the latest only) let a killed run resume where it stopped; see _run.
+        save_strategy="steps" if t.save_steps else "no",
+        save_steps=t.save_steps or 500,
+        save_total_limit=1,
         report_to=[],
         seed=seed,
         # TRL defaults to bf16 and gradient checkpointing; both follow the device policy instead.
@@ -152,17 +156,60 @@ def _hf_dataset(examples: list[Example], kind: str):
     return HFDataset.from_list(rows)
 
 
-def _run(trainer, spec: ModelSpec, t0: float, mem: PeakMemory, desc: str | None) -> TrainResult:
+class _Elapsed:
+    """Training seconds so far, saved into each checkpoint, so that a resumed run reports what the
+    whole training cost and not only its last part."""
+
+    FILE = "harness_elapsed.json"
+
+    def __init__(self, t0: float, before: float):
+        self.t0, self.before = t0, before
+
+    def callback(self):
+        from transformers import TrainerCallback
+
+        elapsed = self
+
+        class SaveElapsed(TrainerCallback):
+            def on_save(self, args, state, control, **kwargs):
+                ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                if ckpt.is_dir():
+                    (ckpt / _Elapsed.FILE).write_text(json.dumps({"wall_s": elapsed.total()}))
+
+        return SaveElapsed()
+
+    def total(self) -> float:
+        return self.before + time.perf_counter() - self.t0
+
+
+def last_checkpoint(trainer) -> str | None:
+    """The newest whole checkpoint of this training (transformers writes trainer_state.json last)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    out = Path(trainer.args.output_dir)
+    return get_last_checkpoint(str(out)) if out.is_dir() else None
+
+
+def _run(trainer, spec: ModelSpec, t0: float, mem: PeakMemory, desc: str | None, log=None) -> TrainResult:
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)
     if desc:
         trainer.add_callback(_progress_callback(desc))
+    resume = last_checkpoint(trainer)
+    before = 0.0
+    if resume:
+        saved = Path(resume) / _Elapsed.FILE
+        before = json.loads(saved.read_text())["wall_s"] if saved.exists() else 0.0
+        if log:
+            log(f"resuming from {Path(resume).name} (step {resume.rsplit('-', 1)[-1]} of {trainer.args.max_steps})")
+    elapsed = _Elapsed(t0, before)
+    trainer.add_callback(elapsed.callback())
     model = trainer.model
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     with mem:
-        trainer.train()
+        trainer.train(resume_from_checkpoint=resume)
     history = trainer.state.log_history
     curve = [{k: v for k, v in e.items() if isinstance(v, (int, float))} for e in history if "loss" in e]
     evals = [{"step": e["step"], "eval_loss": e["eval_loss"]} for e in history if "eval_loss" in e]
@@ -170,7 +217,7 @@ def _run(trainer, spec: ModelSpec, t0: float, mem: PeakMemory, desc: str | None)
         model=spec,
         loss_curve=curve,
         eval_curve=evals,
-        wall_s=time.perf_counter() - t0,
+        wall_s=elapsed.total(),
         peak_mem_mb=mem.mb,
         trainable_params=trainable,
         total_params=total,
@@ -198,6 +245,7 @@ def train_variant(
     trust_remote_code: bool = False,
     progress: bool = True,
     validation: list[Example] = (),
+    log=None,
 ) -> TrainResult:
     """Train `variant` starting from `start` (the base model, or its parent variant's result) on
     `data`'s examples; with `validation` examples, measure their loss as training goes."""
@@ -229,7 +277,7 @@ def train_variant(
         trainer = DPOTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                              peft_config=_lora_config(variant), **extra)
         adapter = out_dir / "adapter"
-        result = _run(trainer, ModelSpec(start.path, (*start.adapters, str(adapter))), t0, mem, desc)
+        result = _run(trainer, ModelSpec(start.path, (*start.adapters, str(adapter))), t0, mem, desc, log)
         trainer.model.save_pretrained(adapter)
         return result
 
@@ -239,7 +287,7 @@ def train_variant(
         model.train()
         trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer, **extra)
         weights = out_dir / "model"
-        result = _run(trainer, ModelSpec(str(weights)), t0, mem, desc)
+        result = _run(trainer, ModelSpec(str(weights)), t0, mem, desc, log)
         trainer.model.save_pretrained(weights, safe_serialization=True)
         tokenizer.save_pretrained(weights)
         return result
@@ -262,6 +310,6 @@ def train_variant(
         _keep_adapter_fp32_on_cpu(trainer.model, policy)
     adapter = out_dir / "adapter"
     spec = ModelSpec(start.path, (*start.adapters, str(adapter)), load_in_4bit=method == Method.qlora)
-    result = _run(trainer, spec, t0, mem, desc)
+    result = _run(trainer, spec, t0, mem, desc, log)
     trainer.model.save_pretrained(adapter)
     return result

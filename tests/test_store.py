@@ -20,8 +20,9 @@ def test_round_trip_and_finished_lookup(tmp_path):
     store.write_run(db, run_row(), [], [{"suite": "s", "metric": "score", "value": 0.5, "ci_low": 0.4, "ci_high": 0.6, "n": 10}],
                     [{"suite": "s", "sample_id": "x", "output": "o", "score": 0.5, "passed": False}],
                     [{"suite": "s", "sample_id": "x", "criterion": "c", "score": 0.5, "weight": 1.0, "required": False, "reason": "r"}])
-    assert store.finished_run(db, "abc") == {"run_id": "e/v/1", "artifact": {"path": "/m", "adapters": [], "load_in_4bit": False}}
-    assert store.finished_run(db, "other") is None
+    assert store.finished_run(db, "e", "abc") == {"run_id": "e/v/1", "artifact": {"path": "/m", "adapters": [], "load_in_4bit": False}}
+    assert store.finished_run(db, "e", "other") is None
+    assert store.finished_run(db, "another-experiment", "abc") is None
     with store.reader(db) as con:
         assert store.query(con, "SELECT value, n FROM metrics") == [{"value": 0.5, "n": 10}]
 
@@ -84,4 +85,4 @@ def test_a_schema_1_file_is_upgraded_in_place(tmp_path):
         assert con.execute("SELECT train_hash FROM runs").fetchone() == (None,)
         assert con.execute("SELECT count(eval_loss) FROM train_log").fetchone() == (0,)
         assert con.execute("SELECT count(*) FROM base_changes").fetchone() == (0,)
-    assert store.finished_run(db, run_row()["config_hash"])["run_id"] == "e/v/1"
+    assert store.finished_run(db, "e", run_row()["config_hash"])["run_id"] == "e/v/1"

@@ -1,0 +1,270 @@
+"""Runs that survive being killed, and processes that share one results file.
+
+The kills are real: a `harness run` subprocess gets SIGKILL while training, while generating, and
+inside the transaction that writes its results (that last point through HARNESS_TEST_KILL, because
+a transaction lasts milliseconds). The rerun must finish the experiment without redoing what was
+finished, with the right rows, and the file must pass the integrity checks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from harness import store
+from harness.cli import main
+
+EXPERIMENT = """\
+name: {name}
+model: builtin:tiny-random
+seed: 0
+data:
+  train: experiments/data/tickets_train.jsonl
+eval:
+  - name: tickets
+    data: experiments/data/tickets_test.jsonl
+    rubric: rubrics/ticket_triage.yaml
+    limit: {n}
+generation: {{max_new_tokens: {tokens}, batch_size: 2}}
+defaults:
+  train: {{max_steps: {steps}, batch_size: 2, max_length: 320, save_steps: 5}}
+variants:
+  base: {{method: none}}
+{more}"""
+LORA = "  lora: {method: lora}\n"
+
+
+def _experiment(project: Path, name: str, n: int = 6, tokens: int = 4, steps: int = 3, lora: bool = True) -> Path:
+    path = project / "experiments" / f"{name}.yaml"
+    path.write_text(EXPERIMENT.format(name=name, n=n, tokens=tokens, steps=steps, more=LORA if lora else ""))
+    return path
+
+
+def _start(project: Path, experiment: Path, db: Path, **env) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "harness.cli", "run", str(experiment), "--db", str(db), "--quiet"],
+        cwd=project, env={**os.environ, "HARNESS_HEARTBEAT_S": "1", **env},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(condition, proc: subprocess.Popen, timeout: float = 300):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"the run ended (rc {proc.returncode}) before the point to kill it at:\n{out}\n{err}")
+        time.sleep(0.05)
+    proc.kill()
+    pytest.fail("timed out waiting for the point to kill the run at")
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+
+
+def _rerun(experiment: Path, db: Path, capsys) -> tuple[int, str]:
+    capsys.readouterr()
+    code = main(["run", str(experiment), "--db", str(db), "--quiet"])
+    out = capsys.readouterr()
+    assert "Traceback" not in out.out + out.err
+    return code, out.out
+
+
+def _runs(db: Path) -> list[dict]:
+    with store.reader(db) as con:
+        return store.query(con, "SELECT * FROM runs ORDER BY started_at")
+
+
+def _count(db: Path, sql: str, params=()) -> int:
+    with store.reader(db) as con:
+        return con.execute(sql, list(params)).fetchone()[0]
+
+
+def test_killed_while_training_resumes_from_its_last_checkpoint(project, capsys):
+    exp = _experiment(project, "crash", steps=60)
+    db = project / "results" / "r.duckdb"
+    proc = _start(project, exp, db)
+    checkpoints = project / "results" / "artifacts" / "crash"
+    first = _wait_for(lambda: sorted(checkpoints.glob("lora-*/checkpoints/checkpoint-*/trainer_state.json")), proc)
+
+    # While it trains, the run is 'running' and its heartbeat moves.
+    lora = [r for r in _runs(db) if r["variant"] == "lora"]
+    assert [(r["status"], r["stage"], r["pid"]) for r in lora] == [("running", "training", proc.pid)]
+    time.sleep(2.5)
+    assert [r["heartbeat_at"] for r in _runs(db) if r["variant"] == "lora"][0] > lora[0]["heartbeat_at"]
+    _kill(proc)
+    saved = sorted(int(p.parent.name.split("-")[1]) for p in first[0].parent.parent.glob("checkpoint-*/trainer_state.json"))
+    assert saved and saved[-1] < 60
+
+    code, log = _rerun(exp, db, capsys)
+    assert code == 0, log
+    assert re.search(r"\[lora\] its run crash/lora/\S+ \(crash\) stopped while training and is marked crashed", log)
+    resumed = int(re.search(r"\[lora\] resuming from checkpoint-(\d+) \(step \d+ of 60\)", log).group(1))
+    assert resumed == saved[-1]
+    assert "[base] already finished" in log  # not redone
+    runs = _runs(db)
+    assert [(r["variant"], r["status"]) for r in runs] == [("base", "finished"), ("lora", "crashed"),
+                                                          ("lora", "finished")]
+    crashed, finished = runs[1], runs[2]
+    assert crashed["finished_at"] == crashed["heartbeat_at"] and "pid" in crashed["error"]
+    assert finished["train_steps"] == 60
+    with store.reader(db) as con:
+        steps = [s for (s,) in con.execute("SELECT step FROM train_log WHERE run_id = ? AND loss IS NOT NULL "
+                                           "ORDER BY step", [finished["run_id"]]).fetchall()]
+    assert steps == list(range(1, 61))  # the whole curve: the checkpoint carried the steps before the kill
+    assert not list(checkpoints.glob("lora-*/checkpoints"))  # removed once the model is saved
+    assert store.integrity_problems(db) == []
+
+    # Resuming is not restarting: the resumed curve equals an uninterrupted run's, step for step.
+    other = project / "uninterrupted"
+    other.mkdir()
+    code, _ = _rerun(exp, other / "r.duckdb", capsys)
+    assert code == 0
+    with store.reader(other / "r.duckdb") as con:
+        straight = con.execute("SELECT step, loss FROM train_log t JOIN runs r USING (run_id) WHERE r.variant = 'lora' "
+                               "AND loss IS NOT NULL ORDER BY step").fetchall()
+    with store.reader(db) as con:
+        resumed_curve = con.execute("SELECT step, loss FROM train_log WHERE run_id = ? AND loss IS NOT NULL "
+                                    "ORDER BY step", [finished["run_id"]]).fetchall()
+    assert [s for s, _ in straight] == [s for s, _ in resumed_curve]
+    assert [loss for _, loss in resumed_curve] == pytest.approx([loss for _, loss in straight], rel=1e-4)
+
+
+def test_killed_while_generating_resumes_from_the_output_cache(project, capsys):
+    exp = _experiment(project, "gen", n=24, tokens=24, lora=False)
+    db = project / "results" / "r.duckdb"
+    proc = _start(project, exp, db)
+    cache_dir = project / "results" / "artifacts" / "outputs"
+
+    def some_batches():
+        files = list(cache_dir.glob("*.jsonl"))
+        return files if files and len(files[0].read_text().splitlines()) >= 4 else None
+
+    _wait_for(some_batches, proc)
+    _kill(proc)
+    cached = {}
+    for line in next(cache_dir.glob("*.jsonl")).read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # the kill may cut the last line short
+            continue
+        cached[row["key"]] = row["output"]
+    assert 4 <= len(cached) < 24
+    assert [(r["status"], r["stage"]) for r in _runs(db)] == [("running", "evaluating tickets")]
+
+    code, log = _rerun(exp, db, capsys)
+    assert code == 0, log
+    assert f"[base] tickets: {len(cached)} of 24 outputs from the output cache, generating the other {24 - len(cached)}" in log
+    runs = _runs(db)
+    assert [r["status"] for r in runs] == ["crashed", "finished"]
+    assert runs[0]["stage"] == "evaluating tickets"
+    with store.reader(db) as con:
+        outputs = [o for (o,) in con.execute("SELECT output FROM outputs WHERE run_id = ?", [runs[1]["run_id"]]).fetchall()]
+    assert len(outputs) == 24
+    # The cached answers are in the results as they were generated before the kill.
+    assert set(cached.values()) <= set(outputs)
+    assert store.integrity_problems(db) == []
+
+
+def test_killed_inside_the_results_transaction_leaves_nothing_half_written(project, capsys):
+    exp = _experiment(project, "tx", lora=False)
+    db = project / "results" / "r.duckdb"
+    proc = _start(project, exp, db, HARNESS_TEST_KILL="db-write")
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == -signal.SIGKILL, out + err
+    # The transaction never committed: the run is still 'running', none of its rows exist.
+    assert [r["status"] for r in _runs(db)] == ["running"]
+    for table in ("metrics", "outputs", "samples", "suites"):
+        assert _count(db, f"SELECT count(*) FROM {table}") == 0, table
+    assert store.integrity_problems(db) == []
+
+    code, log = _rerun(exp, db, capsys)
+    assert code == 0, log
+    assert "6 of 6 outputs from the output cache" in log  # generated before the kill, not again
+    runs = _runs(db)
+    assert [r["status"] for r in runs] == ["crashed", "finished"]
+    assert runs[0]["stage"] == "writing"
+    assert _count(db, "SELECT count(*) FROM outputs WHERE run_id = ?", [runs[1]["run_id"]]) == 6
+    assert _count(db, "SELECT count(*) FROM outputs") == 6
+    assert store.integrity_problems(db) == []
+
+
+def test_four_processes_share_one_results_file(project):
+    """Three experiments and a second run of one of them at the same time, on one file, while a
+    reader keeps reading it: no error, no row lost, and the twin waits instead of redoing work."""
+    db = project / "results" / "shared.duckdb"
+    paths = [_experiment(project, name) for name in ("a", "b", "c")]
+    procs = [_start(project, p, db) for p in (*paths, paths[0])]
+    reads, failures, stop = [0], [], threading.Event()
+
+    def read():
+        while not stop.is_set():
+            if db.exists():
+                try:
+                    with store.reader(db) as con:
+                        con.execute("SELECT count(*) FROM outputs").fetchone()
+                    reads[0] += 1
+                except Exception as e:  # noqa: BLE001 - any failure to read is what this test looks for
+                    if "schema" not in str(e) and "no schema_info" not in str(e):  # the very first write may be under way
+                        failures.append(repr(e))
+            time.sleep(0.2)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    results = [p.communicate(timeout=900) for p in procs]
+    stop.set()
+    reader.join()
+    for p, (out, err) in zip(procs, results):
+        assert p.returncode == 0, out + err
+        assert "Traceback" not in err and "error" not in err.lower(), err
+    assert failures == [] and reads[0] > 0
+    finished = {}
+    for r in _runs(db):
+        assert r["status"] == "finished", r
+        finished.setdefault(r["experiment"], []).append(r["variant"])
+    assert {k: sorted(v) for k, v in finished.items()} == {e: ["base", "lora"] for e in "abc"}  # nothing twice
+    for e in "abc":
+        assert _count(db, "SELECT count(*) FROM outputs o JOIN runs r USING (run_id) WHERE r.experiment = ?", [e]) == 12
+    twin_logs = [results[0][0], results[3][0]]
+    assert any("waiting for it" in log or "already finished" in log for log in twin_logs)
+    assert store.integrity_problems(db) == []
+
+
+def _row(**kw) -> dict:
+    now = datetime(2026, 1, 1, 12, 0, 0)
+    return {"run_id": "e/v/1", "host": store.HOST, "pid": os.getpid(), "started_at": now, "heartbeat_at": now, **kw}
+
+
+def test_a_running_run_is_dead_when_its_process_is_gone_or_its_heartbeat_stale():
+    now = datetime(2026, 1, 1, 12, 0, 30)
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert store.is_dead(_row(pid=child.pid), now, stale_s=300)  # this host, process gone
+        assert not store.is_dead(_row(pid=sleeper.pid), now, stale_s=300)  # this host, alive
+        assert store.is_dead(_row(pid=sleeper.pid), now + timedelta(minutes=10), stale_s=300)  # alive but silent
+        assert not store.is_dead(_row(host="elsewhere", pid=1), now, stale_s=300)  # another host: trust a fresh beat
+        assert store.is_dead(_row(host="elsewhere", pid=1), now + timedelta(seconds=301), stale_s=300)
+        assert store.is_dead(_row(), now, stale_s=300)  # ours, but no longer running here: interrupted
+        sleeper.send_signal(signal.SIGKILL)
+        time.sleep(0.2)  # killed and not reaped: a zombie, which is dead
+        assert store.is_dead(_row(pid=sleeper.pid), now, stale_s=300)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
