@@ -17,9 +17,8 @@ DEFAULT_DB = Path("results/harness.duckdb")
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # argparse's own exit code is 2 as well; keep its usage line short
-        self.print_usage(sys.stderr)
-        print(f"harness: error: {message}", file=sys.stderr)
+    def error(self, message: str):  # argparse's own exit code is 2 as well; one line, like every usage error
+        print(f"harness: error: {message} (see `{self.prog} --help`)", file=sys.stderr)
         sys.exit(2)
 
 
@@ -122,6 +121,9 @@ def cmd_run(args, rescore: bool = False) -> int:
     for name in args.only or []:
         if name not in names:
             raise UserError(f"--only {name}: no such variant in {args.experiment}; expected one of: {', '.join(names)}")
+    for flag, path in (("--db", args.db), ("--report", args.report)):
+        if path is not None and path.is_dir():  # found out after hours of training otherwise
+            raise UserError(f"{flag} {path}: expected a file path, got a directory")
     t0 = time.perf_counter()
     _quiet_libraries()
     from harness.report import write_report
@@ -169,6 +171,12 @@ def cmd_score(args) -> int:
     examples, outputs, sha = load_predictions(args.predictions, args.data)
     _quiet_libraries()
     scores, metrics = score_predictions(rubric, args.rubric, examples, outputs, args.predictions, args.slice)
+    if args.db is not None and args.db.exists():  # a file that cannot take the run fails before any output
+        from harness import store
+
+        store.upgrade(args.db)
+        with store.reader(args.db):
+            pass
     if args.format == "json":
         for m in metrics:
             print(json.dumps(m))
@@ -197,6 +205,10 @@ def cmd_gate(args) -> int:
     args.candidate = args.candidate or policy.candidate
     if args.candidate is None:
         raise UserError(f"{args.policy}: no candidate: pass --candidate VARIANT or set 'candidate' in the policy")
+    same_runs = args.baseline_db in (None, args.db) and args.baseline_experiment in (None, args.experiment)
+    if args.candidate == args.baseline and same_runs:
+        raise UserError(f"--candidate {args.candidate}: is the baseline too (a variant compared with itself always "
+                        "passes); expected another variant, or --baseline-db for the baseline's own results")
     results = evaluate(policy, args.db, args.baseline, args.candidate, args.experiment, args.baseline_db,
                        args.baseline_experiment)
     print(table(results))
@@ -210,7 +222,7 @@ def cmd_gate(args) -> int:
 def cmd_leakage(args) -> int:
     import json
 
-    from harness.data import load_jsonl, read_utf8
+    from harness.data import jsonl_lines, load_jsonl, read_utf8
     from harness.leakage import Settings, check_data, examples_side, flagged_by_method, worst
 
     if not 0 < args.near_dup <= 1:
@@ -221,8 +233,8 @@ def cmd_leakage(args) -> int:
     def side(path: Path, kind: str):
         _, text = read_utf8(path, "data file")
         try:  # the first row says the format; a bad row is load_jsonl's to report, with its line
-            first = json.loads(next((line for line in text.splitlines() if line.strip()), "{}"))
-        except json.JSONDecodeError:
+            first = json.loads(next((line for _, line in jsonl_lines(text)), "{}"))
+        except (ValueError, RecursionError):
             first = {}
         is_preference = isinstance(first, dict) and "chosen" in first and "rejected" in first
         ds = load_jsonl(path, "preference" if kind == "train" and is_preference else "eval")

@@ -332,9 +332,13 @@ def _known_fields(model: type[BaseModel], loc: tuple) -> list[str]:
 
 
 def _format_validation_error(path: Path, err: ValidationError, model: type[BaseModel], prefix: str) -> str:
-    e = err.errors()[0]
+    errors = err.errors()
+    # A misspelt key also makes the real one "missing": the unknown key, with its suggestion, is the news.
+    e = next((x for x in errors if x["type"] == "extra_forbidden"), errors[0])
     loc = tuple(e["loc"])
-    where = ".".join(str(p) for p in (prefix.split(".") if prefix else []) + list(loc)) or "(top level)"
+    # A key may be any YAML scalar, newlines included: escaped, the message stays one line.
+    parts = [str(p) if str(p).isprintable() else json.dumps(str(p))[1:-1] for p in loc]
+    where = ".".join((prefix.split(".") if prefix else []) + parts) or "(top level)"
     if e["type"] == "extra_forbidden":
         close = difflib.get_close_matches(str(loc[-1]), _known_fields(model, loc), n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
@@ -398,23 +402,68 @@ def _check_variant(path: Path, exp: Experiment, v: Variant) -> None:
             raise UserError(f"{where}.train.replay': set 'data.replay' to the general data to mix in")
 
 
+MAX_YAML_BYTES = 1024 * 1024  # an experiment, rubric or policy file is written by hand; more is a mistake
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error: otherwise the
+    second silently replaces the first (two `train:` blocks, one of them ignored)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` then overriding keys is allowed
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} appears twice in one mapping (first on line {seen[key] + 1})",
+                        key_node.start_mark)
+                seen[key] = key_node.start_mark.line
+            except TypeError:  # an unhashable key: the base class says so
+                break
+        return super().construct_mapping(node, deep=deep)
+
+
+def _utf8_text(path: Path, blob: bytes) -> str:
+    """The text of a file, or a UserError naming the line of the first byte that is not UTF-8."""
+    try:
+        return blob.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = blob[: e.start].count(b"\n") + 1
+        raise UserError(f"{path}:{line}: expected UTF-8 text (byte 0x{blob[e.start]:02x} is not)") from None
+
+
+def _kind_of(value: Any) -> str:
+    if value is None:
+        return "the file is empty"
+    names = {bool: "true/false", int: "a number", float: "a number", str: "a string", list: "a list"}
+    return f"got {names.get(type(value), type(value).__name__)}"
+
+
 def read_yaml_mapping(path: Path, what: str, expected: str) -> dict:
     """A YAML file whose top level is a mapping; every failure is one UserError line."""
+    article = "an" if what[0] in "aeiou" else "a"
     if not path.exists():
         raise UserError(f"{path}: {what} not found")
     if not path.is_file():
-        raise UserError(f"{path}: expected a {what} (YAML), got a directory")
+        raise UserError(f"{path}: expected a YAML {what}, got a directory")
+    size = path.stat().st_size
+    if size > MAX_YAML_BYTES:
+        raise UserError(f"{path}: file is {size / 2**20:.1f} MiB, expected {article} {what} of at most 1 MiB")
+    text = _utf8_text(path, path.read_bytes())
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: expected UTF-8 text") from None
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise UserError(f"{path}: {where}invalid YAML: {problem}") from None
+        raise UserError(f"{path}: {where}invalid YAML: {' '.join(problem.split())}") from None
+    except RecursionError:
+        raise UserError(f"{path}: invalid YAML: nested too deeply") from None
     if not isinstance(raw, dict):
-        raise UserError(f"{path}: expected a mapping of {expected} at the top level, got {type(raw).__name__}")
+        raise UserError(f"{path}: expected a mapping of {expected} at the top level, {_kind_of(raw)}")
     return raw
 
 

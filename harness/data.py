@@ -108,18 +108,56 @@ def parse_row(row: Any, kind: Kind) -> Example:
     return Example(id=row_id, prompt=_messages(row["prompt"], "user", "prompt"), completion=completion, fields=rest)
 
 
+MAX_LINE_BYTES = 8 * 2**20  # one example; a longer line is a broken export, not data
+
+
+def _check_line_lengths(path: Path, blob: bytes) -> None:
+    """A line over MAX_LINE_BYTES is a UserError naming it, found on the bytes, before any decoding."""
+    if len(blob) <= MAX_LINE_BYTES:
+        return
+    import numpy as np
+
+    ends = np.flatnonzero(np.frombuffer(blob, dtype=np.uint8) == ord("\n"))
+    bounds = np.concatenate(([-1], ends, [len(blob)]))
+    lengths = np.diff(bounds) - 1
+    over = np.flatnonzero(lengths > MAX_LINE_BYTES)
+    if over.size:
+        i = int(over[0])
+        raise UserError(f"{path}:{i + 1}: line is {lengths[i] / 2**20:.1f} MiB, expected at most "
+                        f"{MAX_LINE_BYTES // 2**20} MiB per example")
+
+
 def read_utf8(path: Path, what: str) -> tuple[bytes, str]:
-    """(bytes, text) of a JSONL file; a missing file or bad encoding is a UserError naming the line."""
+    """(bytes, text) of a JSONL file; a missing file, a bad encoding or an enormous line is a
+    UserError naming the line. A UTF-8 byte order mark (some editors write one) is dropped."""
     if not path.exists():
         raise UserError(f"{path}: {what} not found")
     if not path.is_file():
         raise UserError(f"{path}: expected a JSONL file, got a directory")
     blob = path.read_bytes()
+    _check_line_lengths(path, blob)
     try:
-        return blob, blob.decode("utf-8")
+        return blob, blob.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as e:
         line = blob[: e.start].count(b"\n") + 1
-        raise UserError(f"{path}:{line}: expected UTF-8 text") from None
+        raise UserError(f"{path}:{line}: expected UTF-8 text (byte 0x{blob[e.start]:02x} is not)") from None
+
+
+def jsonl_lines(text: str):
+    """(line number, line) of every non-blank line. Only "\\n" ends a line: JSON strings may hold
+    U+2028 or U+0085 unescaped, which `str.splitlines` would take for line ends."""
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        if line.strip():
+            yield lineno, line
+
+
+def json_problem(e: Exception) -> str:
+    """What `json.loads` disliked, in a few words on one line."""
+    if isinstance(e, json.JSONDecodeError):
+        return e.msg
+    if isinstance(e, RecursionError):
+        return "nested too deeply"
+    return str(e).splitlines()[0][:80]
 
 
 def load_jsonl(path: Path, kind: Kind, limit: int | None = None) -> Dataset:
@@ -127,13 +165,11 @@ def load_jsonl(path: Path, kind: Kind, limit: int | None = None) -> Dataset:
     blob, text = read_utf8(path, "data file")
     examples: list[Example] = []
     seen: set[str] = set()
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
+    for lineno, line in jsonl_lines(text):
         try:
             row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{lineno}: expected one JSON object per line ({e.msg})") from None
+        except (ValueError, RecursionError) as e:  # ValueError: also a number of over 4,300 digits
+            raise UserError(f"{path}:{lineno}: expected one JSON object per line ({json_problem(e)})") from None
         try:
             ex = parse_row(row, kind)
         except ValueError as e:

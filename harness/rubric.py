@@ -44,7 +44,7 @@ class Rubric(BaseModel):
 
 def load_rubric(path: Path, root: Path | None = None) -> Rubric:
     """Read and check a rubric file; every mistake is one UserError naming the file and criterion."""
-    root = root or project_root(path)
+    root = root or project_root(path.resolve())  # absolute: custom functions import from it
     raw = read_yaml_mapping(path, "rubric file", "rubric fields (name, pass_threshold, criteria)")
     items = raw.get("criteria")
     if not isinstance(items, list) or not items:
@@ -116,8 +116,10 @@ def _check_criterion(c: C._Criterion, where: str, path: Path, root: Path) -> C._
     if isinstance(c, C.Custom):
         try:
             C._FUNCTIONS[c.function] = C.import_function(c.function, root)
-        except (ImportError, AttributeError) as e:
-            raise UserError(f"{where}: field 'function': cannot import {c.function!r} ({e})") from None
+        except Exception as e:  # the module may fail in any way while it is imported: it is the user's code
+            why = str(e).splitlines()[0] if str(e) else ""
+            kind = "" if isinstance(e, (ImportError, AttributeError)) else f"{type(e).__name__}: "
+            raise UserError(f"{where}: field 'function': cannot import {c.function!r} ({kind}{why})") from None
     if isinstance(c, C.Embedding):
         try:
             model_dir = C.embedding_model_path(c.model)

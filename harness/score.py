@@ -16,7 +16,7 @@ from pathlib import Path
 
 from harness import __version__, store
 from harness.config import content_hash
-from harness.data import Example, load_jsonl, read_utf8
+from harness.data import Example, json_problem, jsonl_lines, load_jsonl, read_utf8
 from harness.errors import UserError
 from harness.rubric import Rubric, check_rubric_fits, check_slices, score_samples, suite_metrics
 
@@ -26,14 +26,12 @@ def load_predictions(path: Path, data: Path | None = None) -> tuple[list[Example
     blob, text = read_utf8(path, "predictions file")
     samples = {ex.id: ex for ex in load_jsonl(data, "eval").examples} if data else None
     examples, outputs, seen = [], [], set()
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
+    for lineno, line in jsonl_lines(text):
         where = f"{path}:{lineno}"
         try:
             row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{where}: expected one JSON object per line ({e.msg})") from None
+        except (ValueError, RecursionError) as e:
+            raise UserError(f"{where}: expected one JSON object per line ({json_problem(e)})") from None
         if not isinstance(row, dict):
             raise UserError(f"{where}: expected a JSON object with 'id' and 'output'")
         rid, out = row.get("id"), row.get("output")
