@@ -324,14 +324,32 @@ def check_leakage(cfg: Config, inputs: Inputs, db: Path, log) -> list[dict]:
             if v.method.trains:
                 lengths.setdefault(v.train.max_length, []).append(v.name)
         fields = {f: [ex.fields.get(f) for ex in ds.examples] for f in {k for ex in ds.examples for k in ex.fields}}
+        tokens = _token_counts(tokenizer, ds.examples)
+        if name != "replay":  # replay is mixed into other data: losing it alone does not stop training
+            _check_room_for_answers(cfg, ds, users, tokens)
         audit += [{**r, "source": name, "path": str(ds.path), "sha256": ds.sha256}
-                  for r in L.audit(side, fields, _token_counts(tokenizer, ds.examples), lengths, lk)]
+                  for r in L.audit(side, fields, tokens, lengths, lk)]
     now = utc_now()
     suites = [{"suite": s.name, "n": sizes[s.name], "flagged": counts[s.name]["any"],
                "sources": json.dumps([t.name for t in train_sides]), "settings": json.dumps(settings.model_dump()),
                "checked_at": now} for s in eval_sides]
     store.write_leakage(db, exp.name, rows, suites, audit)
     return rows
+
+
+def _check_room_for_answers(cfg: Config, ds: Dataset, users: list[Variant], tokens: list[tuple[int, int]]) -> None:
+    """TRL drops a training example whose prompt fills `max_length` (no answer token is left to
+    learn from); when that is every example, training would fail with an obscure sampler error
+    after the earlier variants ran. Say so before anything runs."""
+    if ds.kind != "sft" or not tokens:
+        return
+    shortest = min(p for p, _ in tokens)
+    for v in users:
+        if v.method in (Method.sft, Method.lora, Method.qlora) and shortest >= v.train.max_length:
+            raise UserError(f"{cfg.path}: field 'variants.{v.name}.train.max_length': {v.train.max_length} tokens "
+                            f"leaves no room for an answer in any of the {len(ds.examples)} examples of {ds.path} "
+                            f"(the shortest prompt is {shortest} tokens with the chat template); expected more than "
+                            f"{shortest}")
 
 
 def _token_counts(tokenizer, examples: list[Example]) -> list[tuple[int, int]]:

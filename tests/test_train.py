@@ -27,3 +27,23 @@ def test_early_stopping_ends_training_when_validation_loss_rises(tmp_path):
     assert result.steps == first_rise + 1 < 12
     assert overfitting([10.0, 8.0, 9.5]) and not overfitting([10.0, 8.0, 8.5]) and not overfitting([3.0])
     assert (Path(result.model.path) / "model.safetensors").exists()
+
+
+def test_a_max_length_that_leaves_no_answer_is_refused_before_anything_runs(project, capsys, monkeypatch):
+    """TRL drops examples whose prompt fills max_length; with every one dropped it would fail deep
+    in training with a sampler error. The harness says which setting and what is expected, first."""
+    from harness.cli import main
+
+    monkeypatch.chdir(project)
+    exp = project / "experiments" / "short.yaml"
+    exp.write_text("name: short\nmodel: builtin:tiny-random\ndata: {train: experiments/data/tickets_train.jsonl}\n"
+                   "eval: [{name: t, data: experiments/data/tickets_test.jsonl, rubric: rubrics/ticket_triage.yaml, "
+                   "limit: 2}]\nvariants:\n  base: {method: none}\n  lora: {method: lora, train: {max_length: 64}}\n")
+    code = main(["run", str(exp), "--db", str(project / "results" / "r.duckdb"), "--quiet"])
+    # (The tiny model is built on first use, which says so on a line of its own.)
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("preparing builtin:")]
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith(f"harness: error: {exp}: field 'variants.lora.train.max_length': 64 tokens "
+                                               "leaves no room for an answer in any of the 320 examples")
+    assert "expected more than" in err[0]
+    assert not (project / "results").exists()
