@@ -1,4 +1,4 @@
-"""`harness` command line: run, rescore, score, gate, leakage, report, ls.
+"""`harness` command line: run, rescore, score, gate, leakage, report, ls, verify.
 
 Exit codes: 0 success, 1 a run failed, 2 bad input or usage (one line on stderr, no traceback).
 """
@@ -86,6 +86,10 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--experiment", action="append", default=None,
                      help="only these experiments (repeatable; default: every experiment in the files)")
     rep.add_argument("--out", type=Path, default=None, help="report path (default reports/NAME.html)")
+
+    ver = sub.add_parser("verify", help="check a results file: every table readable, rows consistent, runs whose "
+                         "process died")
+    ver.add_argument("--db", type=Path, default=DEFAULT_DB)
 
     ls = sub.add_parser("ls", help="list the runs in a results file")
     ls.add_argument("--db", type=Path, default=DEFAULT_DB)
@@ -275,7 +279,7 @@ def cmd_ls(args) -> int:
 
     with store.reader(args.db) as con:
         rows = store.query(con, """
-            SELECT r.experiment, r.variant, r.method, r.status, r.run_id, r.finished_at,
+            SELECT r.experiment, r.variant, r.method, r.status, r.stage, r.run_id, r.finished_at,
                    r.train_wall_s, m.suite, m.value, m.ci_low, m.ci_high
             FROM runs r LEFT JOIN metrics m ON m.run_id = r.run_id AND m.metric = 'score' AND m.slice = 'all'
             WHERE ? IS NULL OR r.experiment = ?
@@ -289,7 +293,8 @@ def cmd_ls(args) -> int:
         score = "–" if r["value"] is None else f"{r['value']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
         train = "–" if r["train_wall_s"] is None else f"{r['train_wall_s']:.0f}"
         finished = "" if r["finished_at"] is None else r["finished_at"].strftime("%Y-%m-%d %H:%M")
-        table.append((r["experiment"], r["variant"], r["method"], r["status"], r["suite"] or "–", score, train,
+        status = f"{r['status']} ({r['stage']})" if r["status"] in ("running", "crashed") and r["stage"] else r["status"]
+        table.append((r["experiment"], r["variant"], r["method"], status, r["suite"] or "–", score, train,
                       finished, r["run_id"]))
     widths = [max(len(str(x)) for x in col) for col in zip(header, *table)]
     for row in [header, *table]:
@@ -301,6 +306,31 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def cmd_verify(args) -> int:
+    from harness import store
+    from harness.run import STALE_S, utc_now
+
+    problems = store.integrity_problems(args.db)
+    counts, running = [], []
+    if not problems:
+        with store.reader(args.db) as con:
+            counts = con.execute("SELECT status, count(*) FROM runs GROUP BY status ORDER BY status").fetchall()
+            running = store.query(con, "SELECT run_id, host, pid, started_at, heartbeat_at, stage FROM runs "
+                                       "WHERE status = 'running'")
+    now = utc_now()
+    if not problems:
+        print(f"{args.db}: {sum(n for _, n in counts)} runs (" + ", ".join(f"{n} {s}" for s, n in counts) + ")")
+    for r in running:
+        state = "its process is gone: the next `harness run` marks it crashed" if store.is_dead(r, now, STALE_S) \
+            else "alive"
+        print(f"  running: {r['run_id']} ({r['stage']}, pid {r['pid']} on {r['host']}, last heartbeat "
+              f"{r['heartbeat_at']}): {state}")
+    for p in problems:
+        print(f"  problem: {p}")
+    print("ok" if not problems else f"{len(problems)} problems")
+    return 1 if problems else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     import signal
@@ -310,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops a run like Ctrl-C: its variant is marked failed
     try:
         commands = {"run": cmd_run, "rescore": lambda a: cmd_run(a, rescore=True), "score": cmd_score, "gate": cmd_gate,
-                    "leakage": cmd_leakage, "report": cmd_report, "ls": cmd_ls}
+                    "leakage": cmd_leakage, "report": cmd_report, "ls": cmd_ls, "verify": cmd_verify}
         return commands[args.command](args)
     except UserError as e:
         print(f"harness: error: {e}", file=sys.stderr)

@@ -192,6 +192,10 @@ def test_killed_inside_the_results_transaction_leaves_nothing_half_written(proje
     for table in ("metrics", "outputs", "samples", "suites"):
         assert _count(db, f"SELECT count(*) FROM {table}") == 0, table
     assert store.integrity_problems(db) == []
+    capsys.readouterr()
+    assert main(["verify", "--db", str(db)]) == 0
+    said = capsys.readouterr().out
+    assert "1 runs (1 running)" in said and "its process is gone" in said and said.rstrip().endswith("ok")
 
     code, log = _rerun(exp, db, capsys)
     assert code == 0, log
@@ -268,3 +272,30 @@ def test_a_running_run_is_dead_when_its_process_is_gone_or_its_heartbeat_stale()
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_verify_finds_orphan_rows_and_a_damaged_file(smoke, tmp_path, capsys):
+    import duckdb
+    import shutil
+
+    db = tmp_path / "copy.duckdb"
+    shutil.copy(smoke["db"], db)
+    assert main(["verify", "--db", str(db)]) == 0
+    con = duckdb.connect(str(db))
+    con.execute("INSERT INTO outputs (run_id, suite, sample_id) VALUES ('no-such-run', 's', 'x')")
+    con.close()
+    capsys.readouterr()
+    assert main(["verify", "--db", str(db)]) == 1
+    assert "problem: 1 outputs rows of no run" in capsys.readouterr().out
+
+    damaged = tmp_path / "damaged.duckdb"
+    shutil.copy(smoke["db"], damaged)
+    size = damaged.stat().st_size
+    with open(damaged, "r+b") as f:  # overwrite stretches of data blocks, well past the file's headers
+        for offset in range(size // 3, size // 3 + 200_000, 4096):
+            f.seek(offset)
+            f.write(b"\xff" * 64)
+    capsys.readouterr()
+    assert main(["verify", "--db", str(damaged)]) == 1
+    out = capsys.readouterr().out
+    assert "cannot be read: Corrupt database file: computed checksum" in out
