@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal, Sequence
@@ -37,6 +38,7 @@ MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)  # odd: the polynomial hash of a word
 CHUNK = 100_000  # documents tokenised per task (two threads: Arrow's string kernels release the GIL)
 # Punctuation trimmed from the ends of words (ASCII, and the common typographic marks NFKC keeps).
 PUNCTUATION = "".join(chr(c) for c in range(33, 127) if not chr(c).isalnum() and chr(c) != "_") + "‘’‚“”„–—…«»"
+SENTINEL = "."  # follows the last string handed to Arrow's whitespace split (see _words)
 
 
 @dataclass(frozen=True)
@@ -77,9 +79,7 @@ class Tokens:
 
 
 def normalise(text: str) -> list[str]:
-    """The words a text is compared by (the same rules as `tokenize`, for one text)."""
-    import unicodedata
-
+    """The words a text is compared by: the definition, which `tokenize` follows for many texts at once."""
     words = (w.strip(PUNCTUATION) for w in unicodedata.normalize("NFKC", text).lower().split())
     return [w for w in words if w]
 
@@ -99,18 +99,36 @@ def _tokenize_chunk(texts: Sequence[str], cache: dict[str, int]) -> tuple[np.nda
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    arr = pc.utf8_lower(pc.utf8_normalize(pa.array(list(texts), pa.string()), "NFKC"))
-    lists = pc.utf8_split_whitespace(arr)
-    words = pc.utf8_trim(pc.list_flatten(lists), PUNCTUATION)
-    parents = pc.list_parent_indices(lists)
-    keep = pc.not_equal(words, "")
-    words, parents = pc.filter(words, keep), pc.filter(parents, keep)
+    # NFKC and lower case of non-ASCII text come from Python, the definition `normalise` uses:
+    # Arrow's utf8proc follows a newer Unicode version than Python's unicodedata, and it lowers
+    # case one code point at a time ("İ" → "i", not "i̇"; a word-final "Σ" → "σ", not "ς").
+    # For ASCII text both are plain ASCII lower case, which Arrow does without the GIL.
+    prepared = [t if t.isascii() else unicodedata.normalize("NFKC", t).lower() for t in texts]
+    words, parents = _words(pc.ascii_lower(pa.array(prepared, pa.string())))
     encoded = pc.dictionary_encode(words)
     table = np.fromiter((_word_hash(w, cache) for w in encoded.dictionary.to_pylist()), np.uint64,
                         count=len(encoded.dictionary))
     values = table[encoded.indices.to_numpy(zero_copy_only=False)]
     lengths = np.bincount(parents.to_numpy(zero_copy_only=False), minlength=len(texts)).astype(np.int64)
     return values, lengths
+
+
+def _words(arr):
+    """The words of every string in an Arrow string array (split at whitespace, punctuation trimmed,
+    empty ones dropped), and for each word the index of its string."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    # Arrow's utf8_split_whitespace (pyarrow 26.0.1) decodes one code point past the end of a
+    # string whose whitespace run reaches that end, and gives up on the separator when those bytes
+    # are not valid UTF-8. After the last string they are whatever memory follows the buffer, so
+    # a trailing space stayed glued to the last word now and then. A sentinel string ("." has no
+    # whitespace) after the last one makes those bytes valid; its list is sliced off.
+    lists = pc.utf8_split_whitespace(pa.concat_arrays([arr, pa.array([SENTINEL], arr.type)])).slice(0, len(arr))
+    words = pc.utf8_trim(pc.list_flatten(lists), PUNCTUATION)
+    parents = pc.list_parent_indices(lists)
+    keep = pc.not_equal(words, "")
+    return pc.filter(words, keep), pc.filter(parents, keep)
 
 
 def _word_hash(word: str, cache: dict[str, int]) -> int:

@@ -7,8 +7,11 @@ import random
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from harness.leakage import Settings, doc_hashes, find_leaks, ngram_size, ngrams, normalise, tokenize
+from harness.leakage import (Settings, _word_hash, _words, doc_hashes, find_leaks, ngram_size, ngrams, normalise,
+                             tokenize)
 
 INSTRUCTION = ("Triage this support ticket: answer with one JSON object that holds its category, the product it "
                "names and its priority, and nothing else. ")
@@ -79,6 +82,44 @@ def test_tokenize_agrees_with_normalise_across_chunks(monkeypatch):
     for w, h in zip(words, tokens.values.tolist()):
         assert by_word.setdefault(w, h) == h
     assert len(set(by_word.values())) == len(by_word)
+
+
+def _per_text(tokens) -> list[list[int]]:
+    return [tokens.values[a:b].tolist() for a, b in zip(tokens.offsets[:-1], tokens.offsets[1:])]
+
+
+def _reference_hashes(texts: list[str]) -> list[list[int]]:
+    return [[_word_hash(w, {}) for w in normalise(t)] for t in texts]
+
+
+@pytest.mark.parametrize("texts", [
+    ["İstanbul"],  # Python lowers İ to i + combining dot above; Arrow's utf8_lower to a plain i
+    ["ΟΔΟΣ ΑΣ.", "ϹΑϹ"],  # a word-final capital sigma (or lunate sigma, NFKC → Σ) lowers to ς in Python
+    ["\U0001e030 \ua7cb", "\u1c89x"],  # assigned after Python's Unicode version; Arrow's utf8proc knows them
+])
+def test_tokenize_follows_pythons_unicode_rules(texts):
+    assert _per_text(tokenize(texts)) == _reference_hashes(texts)
+
+
+def test_whitespace_that_ends_the_last_string_splits_whatever_bytes_follow_it():
+    """Arrow's utf8_split_whitespace reads one code point past a whitespace run that ends a string;
+    after the last string those bytes are whatever memory follows, and where they are not valid
+    UTF-8 it kept the run in the word. Here they are a stray continuation byte, as stale memory
+    left them when the fuzz found this (texts such as ['tü', '¢\\x94ä '])."""
+    import pyarrow as pa
+
+    data = "x y\u3000".encode() + b"\x80\xa9"  # the string is the first 6 bytes
+    arr = pa.Array.from_buffers(pa.string(), 1, [None, pa.array([0, 6], pa.int32()).buffers()[1], pa.py_buffer(data)])
+    words, parents = _words(arr)
+    assert (words.to_pylist(), parents.to_pylist()) == (["x", "y"], [0, 0])
+    sliced = pa.array(["a b ", "\u00e9c"]).slice(0, 1)  # a slice: its strings start past offset 0
+    assert _words(sliced)[0].to_pylist() == ["a", "b"]
+
+
+@settings(max_examples=1500, deadline=None, derandomize=True, database=None)
+@given(st.lists(st.text(max_size=60), max_size=5))
+def test_tokenize_equals_normalise_for_any_text(texts):
+    assert _per_text(tokenize(texts)) == _reference_hashes(texts)
 
 
 def test_ngrams_stay_inside_documents_and_equal_text_gives_equal_hashes():
