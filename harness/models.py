@@ -18,12 +18,14 @@ import re
 import shutil
 import sys
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import UserError
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 BUILTINS = ("smollm2-135m-instruct", "tiny-random")
 
 # ChatML, the format SmolLM2-Instruct was tuned with; the tiny model uses it too so that both go
@@ -88,22 +90,45 @@ def resolve_model(ref: str, source: str = "model") -> Path:
                         + ", ".join(f"builtin:{b}" for b in BUILTINS))
     p = Path(ref).expanduser()
     if p.is_dir():
-        if not (p / "config.json").exists():
-            raise UserError(f"{source}: model directory {ref!r} has no config.json")
-        if not list(p.glob("*.safetensors")):
-            raise UserError(f"{source}: model directory {ref!r} has no .safetensors weights (pickled weights are not loaded)")
+        check_model_dir(p, source, ref)
         return p.resolve()
     if re.fullmatch(r"[\w.-]+(/[\w.-]+)?", ref):
         try:
             from huggingface_hub import snapshot_download
 
-            return Path(snapshot_download(ref, local_files_only=True))
+            snapshot = Path(snapshot_download(ref, local_files_only=True))
         except Exception:
-            pass
+            snapshot = None
+        if snapshot is not None:
+            check_model_dir(snapshot, source, ref)
+            return snapshot
     raise UserError(
         f"{source}: unknown model reference {ref!r}; expected builtin:NAME ({', '.join(BUILTINS)}), "
         "a local directory, or a Hugging Face id already in the local cache"
     )
+
+
+def check_model_dir(path: Path, source: str, ref: str | None = None) -> None:
+    """Weights are read from safetensors only: a directory without them (pickled weights only,
+    such as pytorch_model.bin, which run code when unpickled) is refused before anything is read."""
+    shown = ref if ref is not None else str(path)
+    if not (path / "config.json").exists():
+        raise UserError(f"{source}: model directory {shown!r} has no config.json")
+    if not list(path.glob("*.safetensors")):
+        raise UserError(f"{source}: model directory {shown!r} has no .safetensors weights (pickled weights are not loaded)")
+
+
+def check_adapter_dir(path: str | Path, source: str = "adapter") -> None:
+    """A LoRA adapter is read from adapter_model.safetensors only; PEFT itself would fall back to a
+    pickled adapter_model.bin."""
+    p = Path(path)
+    if not (p / "adapter_config.json").is_file():
+        raise UserError(f"{source}: {str(p)!r} is not a LoRA adapter directory; expected adapter_config.json "
+                        "and adapter_model.safetensors in it")
+    if not (p / ADAPTER_WEIGHTS).is_file():
+        pickled = sorted(f.name for f in p.iterdir() if f.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt"))
+        raise UserError(f"{source}: adapter directory {str(p)!r} has no {ADAPTER_WEIGHTS}"
+                        + (f" ({', '.join(pickled)}: pickled weights are not loaded)" if pickled else ""))
 
 
 def _cached(name: str, build) -> Path:
@@ -246,7 +271,8 @@ def bnb_4bit_config(policy: DevicePolicy):
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    with _remote_code_refused(path):
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     if tok.chat_template is None:
@@ -257,11 +283,13 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
 def load_base(path: str | Path, policy: DevicePolicy, load_in_4bit: bool = False, trust_remote_code: bool = False):
     from transformers import AutoModelForCausalLM
 
+    check_model_dir(Path(path), "model")
     kwargs = dict(dtype=policy.dtype, use_safetensors=True, trust_remote_code=trust_remote_code)
     if load_in_4bit:
         kwargs["quantization_config"] = bnb_4bit_config(policy)
         kwargs["device_map"] = {"": policy.device if policy.device == "cpu" else 0}
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    with _remote_code_refused(path):
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if not load_in_4bit:
         model.to(policy.device)
     return model
@@ -271,6 +299,8 @@ def load_model(spec: ModelSpec, policy: DevicePolicy, trust_remote_code: bool = 
     """The model a variant evaluates: base weights plus its chain of adapters."""
     from peft import PeftModel
 
+    for adapter in spec.adapters:  # all of them before the base model takes its seconds to load
+        check_adapter_dir(adapter)
     model = load_base(spec.path, policy, spec.load_in_4bit, trust_remote_code)
     for i, adapter in enumerate(spec.adapters):
         model = PeftModel.from_pretrained(model, adapter)
@@ -280,3 +310,65 @@ def load_model(spec: ModelSpec, policy: DevicePolicy, trust_remote_code: bool = 
             model = model.merge_and_unload()
     model.eval()
     return model
+
+
+@contextmanager
+def _remote_code_refused(path: str | Path):
+    """transformers will not load a model or tokenizer whose class exists only as Python code in
+    its directory (config.json or tokenizer_config.json field 'auto_map') without
+    trust_remote_code; its ValueError becomes a one-line UserError that says where the switch is."""
+    try:
+        yield
+    except ValueError as e:
+        if "trust_remote_code" not in str(e):
+            raise
+        raise UserError(f"{path}: the model ships Python code of its own (field 'auto_map' of config.json or "
+                        "tokenizer_config.json) that transformers would have to run to load it; expected a model "
+                        "transformers supports, or `trust_remote_code: true` in the experiment file if that code is "
+                        "trusted") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Chat templates
+
+# A short conversation every chat template must render, as a prompt and as a finished exchange.
+SAMPLE_CHAT = (
+    {"role": "system", "content": "You answer in one word."},
+    {"role": "user", "content": "Name a primary colour."},
+    {"role": "assistant", "content": "Red."},
+)
+
+
+def check_chat_template(tokenizer, source: str) -> None:
+    """Render SAMPLE_CHAT through the tokenizer's chat template, without the answer and with
+    add_generation_prompt (as generation does) and whole without it (as training does), so that a
+    template that fails, or that reaches for Python internals, stops a run before any work.
+
+    transformers renders chat templates in jinja2's immutable sandbox, where reaching for an
+    attribute such as `''.__class__` or `cycler.__init__` raises SecurityError instead of running.
+    A template that refuses the system role (some models have none) is tried again without it."""
+    from jinja2.exceptions import SecurityError, TemplateError, TemplateSyntaxError
+
+    def first_line(e: Exception) -> str:
+        text = str(e).strip()
+        return text.splitlines()[0] if text else type(e).__name__
+
+    for messages in (list(SAMPLE_CHAT), list(SAMPLE_CHAT[1:])):
+        try:
+            prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+            whole = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+        except SecurityError as e:
+            raise UserError(f"{source}: the chat template does what jinja2's sandbox forbids ({first_line(e)}); "
+                            "expected a template that only formats the messages") from None
+        except TemplateSyntaxError as e:
+            raise UserError(f"{source}: the chat template is not valid Jinja ({first_line(e)}, line {e.lineno}); "
+                            "expected a Jinja template over `messages`") from None
+        except (TemplateError, TypeError, ValueError) as e:
+            if messages[0]["role"] == "system":
+                continue
+            raise UserError(f"{source}: the chat template fails on a user/assistant conversation ({first_line(e)}); "
+                            "expected a Jinja template that renders messages with 'role' and 'content'") from None
+        if SAMPLE_CHAT[1]["content"] not in prompt or SAMPLE_CHAT[2]["content"] not in whole:
+            raise UserError(f"{source}: the chat template leaves the messages' text out of what it renders; expected "
+                            "a template that writes each message's 'content'")
+        return
