@@ -32,7 +32,8 @@ from harness.data import Dataset, Example, load_jsonl, mix_replay, split_by_hash
 from harness.errors import UserError
 from harness.generate import build_messages, generate
 from harness.lmeval import Task, load_task
-from harness.models import DevicePolicy, ModelSpec, device_policy, load_model, load_tokenizer, model_fingerprint, resolve_model
+from harness.models import (DevicePolicy, ModelSpec, check_chat_template, device_policy, load_model, load_tokenizer,
+                            model_fingerprint, resolve_model)
 from harness.perplexity import Corpus, load_corpus, perplexity_metrics, token_nll
 from harness.rubric import (Rubric, SampleScore, check_rubric_fits, check_slices, load_rubric, score_samples,
                             suite_metrics)
@@ -65,6 +66,8 @@ class VariantOutcome:
 def load_inputs(cfg: Config) -> Inputs:
     exp = cfg.experiment
     model_path = resolve_model(exp.model, source=f"{cfg.path}: field 'model'")
+    # Rendered once here (in transformers' sandbox) so that a broken or hostile template fails now, not mid-run.
+    check_chat_template(load_tokenizer(model_path, exp.trust_remote_code), f"{model_path} (field 'model' of {cfg.path})")
     train = load_jsonl(cfg.resolve(exp.data.train, "data.train"), "sft") if exp.data.train else None
     pref = (load_jsonl(cfg.resolve(exp.data.preference, "data.preference"), "preference")
             if exp.data.preference else None)

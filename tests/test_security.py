@@ -279,3 +279,25 @@ def test_broken_chat_templates_are_one_line_user_errors(template, expected):
     with pytest.raises(UserError, match=expected.replace("(", r"\(").replace(")", r"\)")) as err:
         check_chat_template(tok, "models/broken")
     assert one_line(err).startswith("models/broken: the chat template")
+
+
+def test_an_experiment_whose_model_has_a_hostile_template_stops_before_anything_is_written(tiny, project, capsys,
+                                                                                          monkeypatch):
+    """`harness run` renders the template once while validating its inputs: exit 2, one line, no
+    results file, and the template's payload never ran."""
+    from harness.cli import main
+
+    monkeypatch.chdir(project)
+    marker = project / "template-ran"
+    model = project / "models" / "hostile"
+    shutil.copytree(tiny, model)
+    tokenizer_dir_with_template(model, ESCAPES[1].replace("MARKER", str(marker)))
+    exp = _experiment(project).read_text().replace("model: builtin:tiny-random", "model: models/hostile")
+    (project / "experiments" / "sec.yaml").write_text(exp)
+    capsys.readouterr()
+    code = main(["run", str(project / "experiments" / "sec.yaml"), "--db", str(project / "results" / "r.duckdb")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and "the chat template" in err[0] and "sandbox forbids" in err[0]
+    assert "field 'model' of" in err[0]
+    assert not marker.exists() and not (project / "results").exists() and not (project / "reports").exists()
