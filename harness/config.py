@@ -290,6 +290,8 @@ def project_root(experiment_path: Path) -> Path:
 
 def resolve_path(rel: str, root: Path, source: Path, field: str) -> Path:
     """A path from a config, kept inside the project root or $HARNESS_DATA_ROOT."""
+    if "\0" in rel:  # the OS cannot take it, and `resolve` would raise ValueError
+        raise UserError(f"{source}: field '{field}': path {rel!r} holds a NUL character; expected a file path")
     p = Path(rel)
     full = (p if p.is_absolute() else root / p).resolve()
     allowed = [root.resolve()]

@@ -61,7 +61,8 @@ def _messages(value: Any, role: str, where: str) -> Messages:
         return [{"role": role, "content": value}]
     if isinstance(value, list) and value:
         for i, m in enumerate(value):
-            if not (isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str)):
+            role = m.get("role") if isinstance(m, dict) else None
+            if not (isinstance(role, str) and role in ROLES and isinstance(m.get("content"), str)):
                 raise ValueError(
                     f"field '{where}[{i}]': expected a message {{\"role\": system|user|assistant, \"content\": string}}"
                 )

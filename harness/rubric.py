@@ -75,7 +75,7 @@ def _parse_criterion(path: Path, root: Path, i: int, item: Any) -> C._Criterion:
     who = f"criterion '{name}'" if isinstance(name, str) and name else f"criterion {i + 1}"
     where = f"{path}: {who} (criteria.{i})"
     kind = item.get("type")
-    if kind not in C.CRITERION_TYPES:
+    if not isinstance(kind, str) or kind not in C.CRITERION_TYPES:  # `type: []` is unhashable
         close = difflib.get_close_matches(str(kind), list(C.CRITERION_TYPES), n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         got = "no 'type'" if kind is None else f"unknown type {kind!r}"
@@ -93,7 +93,7 @@ def _check_criterion(c: C._Criterion, where: str, path: Path, root: Path) -> C._
     if isinstance(c, C.Regex):
         try:
             C.compile_regex(c.pattern, c.ignore_case, c.multiline, c.dotall)
-        except re.error as e:
+        except (re.error, OverflowError, RecursionError) as e:  # OverflowError: a{99999999999}
             raise UserError(f"{where}: field 'pattern': expected a valid regular expression ({e})") from None
     if isinstance(c, C.JsonSchema):
         if c.schema_file is not None:

@@ -1042,6 +1042,18 @@ def test_bad_input_is_one_line_exit_2_nothing_written(project, capsys, monkeypat
     assert after == before, "a bad input changed a file"
 
 
+def test_a_byte_order_mark_is_not_an_error(project):
+    """Editors on Windows start UTF-8 files with U+FEFF: the data and the experiment still load."""
+    from harness.config import load_config
+    from harness.data import load_jsonl
+
+    bom = b"\xef\xbb\xbf"
+    project.write("data/train.jsonl", bom + FILES["data/train.jsonl"].encode())
+    project.write("exp.yaml", bom + EXPERIMENT.encode())
+    assert len(load_jsonl(project.root / "data" / "train.jsonl", "sft").examples) == 4
+    assert load_config(project.root / "exp.yaml").experiment.name == "bad"
+
+
 def test_at_least_55_cases():
     assert len(CASES) >= 55
 
