@@ -32,6 +32,7 @@ class TrainResult:
     total_params: int
     tokens: int  # non-padding tokens seen by the model during training
     steps: int
+    train_s: float = 0.0  # the training loop alone, in this process (wall_s adds loading, and earlier attempts)
 
 
 class PeakMemory:
@@ -208,8 +209,10 @@ def _run(trainer, spec: ModelSpec, t0: float, mem: PeakMemory, desc: str | None,
     model = trainer.model
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
+    t_loop = time.perf_counter()
     with mem:
         trainer.train(resume_from_checkpoint=resume)
+    loop_s = time.perf_counter() - t_loop
     history = trainer.state.log_history
     curve = [{k: v for k, v in e.items() if isinstance(v, (int, float))} for e in history if "loss" in e]
     evals = [{"step": e["step"], "eval_loss": e["eval_loss"]} for e in history if "eval_loss" in e]
@@ -223,6 +226,7 @@ def _run(trainer, spec: ModelSpec, t0: float, mem: PeakMemory, desc: str | None,
         total_params=total,
         tokens=int(trainer.state.num_input_tokens_seen or 0),
         steps=int(trainer.state.global_step),
+        train_s=loop_s,
     )
 
 
