@@ -117,6 +117,13 @@ def _quiet_libraries() -> None:
     ds_logging.disable_progress_bar()
 
 
+def _not_directories(*flags: tuple[str, Path | None]) -> None:
+    """An output path that is a directory is a usage error now, not a traceback after the work."""
+    for flag, path in flags:
+        if path is not None and path.is_dir():
+            raise UserError(f"{flag} {path}: expected a file path, got a directory")
+
+
 def cmd_run(args, rescore: bool = False) -> int:
     from harness.config import load_config
 
@@ -125,9 +132,9 @@ def cmd_run(args, rescore: bool = False) -> int:
     for name in args.only or []:
         if name not in names:
             raise UserError(f"--only {name}: no such variant in {args.experiment}; expected one of: {', '.join(names)}")
-    for flag, path in (("--db", args.db), ("--report", args.report)):
-        if path is not None and path.is_dir():  # found out after hours of training otherwise
-            raise UserError(f"{flag} {path}: expected a file path, got a directory")
+    _not_directories(("--db", args.db), ("--report", args.report))  # found out after hours of training otherwise
+    if getattr(args, "artifacts", None) is not None and args.artifacts.exists() and not args.artifacts.is_dir():
+        raise UserError(f"--artifacts {args.artifacts}: expected a directory, got a file")
     t0 = time.perf_counter()
     _quiet_libraries()
     from harness.report import write_report
@@ -205,6 +212,7 @@ def cmd_gate(args) -> int:
     from harness.gate import evaluate, load_policy, table, write_outputs
 
     policy = load_policy(args.policy)
+    _not_directories(("--junit", args.junit), ("--summary", args.summary))
     args.baseline = args.baseline or policy.baseline
     args.candidate = args.candidate or policy.candidate
     if args.candidate is None:
@@ -269,6 +277,7 @@ def cmd_report(args) -> int:
     dbs = args.db or [DEFAULT_DB]
     name = "-".join(args.experiment) if args.experiment else "report"
     out = args.out or Path("reports") / f"{name}.html"
+    _not_directories(("--out", out))
     write_report(dbs, out, args.experiment)
     print(f"report: {out}")
     return 0

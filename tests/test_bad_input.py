@@ -579,6 +579,29 @@ def _(p):
     return RUN
 
 
+def _perplexity_suite(p, source: str) -> None:
+    p.edit("exp.yaml", "generation:", f"  - name: docs\n    perplexity: {source}\ngeneration:")
+
+
+@case("format/perplexity-unknown-builtin", "exp.yaml", "field 'eval.1.perplexity'", "expected a text file or one of")
+def _(p):
+    _perplexity_suite(p, "python:nope")
+    return RUN
+
+
+@case("format/perplexity-text-missing", "data/docs.txt", "reference text not found")
+def _(p):
+    _perplexity_suite(p, "data/docs.txt")
+    return RUN
+
+
+@case("format/perplexity-text-latin1", "data/docs.txt:3:", "expected UTF-8 text")
+def _(p):
+    p.write("data/docs.txt", "First document.\n\nSecond, caf\xe9.\n".encode("latin-1"))
+    _perplexity_suite(p, "data/docs.txt")
+    return RUN
+
+
 # ---------------------------------------------------------------------------------------------
 # Unknown model reference
 
@@ -896,6 +919,24 @@ def _(p):
 def _(p):
     (p.root / "reports").mkdir()
     return RUN + ["--report", "reports"]
+
+
+@case("flags/run-artifacts-is-a-file", "--artifacts notes.txt", "expected a directory, got a file")
+def _(p):
+    p.write("notes.txt", "x\n")
+    return RUN + ["--artifacts", "notes.txt"]
+
+
+@case("flags/gate-junit-is-a-directory", "--junit out", "expected a file path, got a directory")
+def _(p):
+    (p.root / "out").mkdir()
+    return GATE + ["--junit", "out"]
+
+
+@case("flags/report-out-is-a-directory", "--out reports", "expected a file path, got a directory")
+def _(p):
+    (p.root / "reports").mkdir()
+    return ["report", "--db", "results/harness.duckdb", "--out", "reports"]
 
 
 # ---------------------------------------------------------------------------------------------
