@@ -428,6 +428,27 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+MAX_YAML_VALUES = 100_000  # keys and values, aliases expanded
+
+
+def too_many_values(obj: Any, limit: int = MAX_YAML_VALUES) -> bool:
+    """Whether a loaded document holds more than `limit` keys and values once its aliases are
+    expanded. A few nested aliases (`*a` nine times in each of nine levels) load as shared references
+    but make everything that walks the document, validation included, take exponential time."""
+    stack, seen = [obj], 0
+    while stack:
+        x = stack.pop()
+        seen += 1
+        if seen > limit:
+            return True
+        if isinstance(x, dict):
+            stack.extend(x.keys())
+            stack.extend(x.values())
+        elif isinstance(x, list):
+            stack.extend(x)
+    return False
+
+
 def _utf8_text(path: Path, blob: bytes) -> str:
     """The text of a file, or a UserError naming the line of the first byte that is not UTF-8."""
     try:
@@ -466,6 +487,9 @@ def read_yaml_mapping(path: Path, what: str, expected: str) -> dict:
         raise UserError(f"{path}: invalid YAML: nested too deeply") from None
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a mapping of {expected} at the top level, {_kind_of(raw)}")
+    if too_many_values(raw):
+        raise UserError(f"{path}: expands to more than {MAX_YAML_VALUES:,} keys and values through aliases (*name); "
+                        f"expected {article} {what} written out by hand")
     return raw
 
 

@@ -24,7 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from harness import criteria as C
-from harness.config import project_root, read_yaml_mapping, resolve_path, validate
+from harness.config import MAX_YAML_VALUES, project_root, read_yaml_mapping, resolve_path, too_many_values, validate
 from harness.data import Example
 from harness.errors import UserError
 from harness.stats import bootstrap_ci, wilson_ci
@@ -104,6 +104,9 @@ def _check_criterion(c: C._Criterion, where: str, path: Path, root: Path) -> C._
                 schema = yaml.safe_load(schema_path.read_text(encoding="utf-8"))  # JSON is YAML too
             except (yaml.YAMLError, UnicodeDecodeError) as e:
                 raise UserError(f"{where}: field 'schema_file': {schema_path} is not JSON or YAML ({str(e).splitlines()[0]})") from None
+            if too_many_values(schema):
+                raise UserError(f"{where}: field 'schema_file': {schema_path} expands to more than "
+                                f"{MAX_YAML_VALUES:,} keys and values through aliases; expected a schema written out")
             c = c.model_copy(update={"schema_": schema, "schema_file": None})
         from jsonschema.exceptions import SchemaError
         from jsonschema.validators import validator_for

@@ -491,6 +491,30 @@ def _(p):
     return RUN
 
 
+LAUGHS = "".join(f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]\n" for i in range(1, 10))
+
+
+@case("yaml/experiment-alias-bomb", "exp.yaml", "expands to more than 100,000 keys and values through aliases",
+      "expected an experiment file written out by hand")
+def _(p):
+    p.edit("exp.yaml", "name: bad\n", "name: bad\nl0: &l0 [lol]\n" + LAUGHS)
+    return RUN
+
+
+@case("yaml/rubric-alias-bomb", "rubrics/qa.yaml", "expands to more than 100,000 keys and values through aliases")
+def _(p):
+    p.edit("rubrics/qa.yaml", "name: qa\n", "name: qa\nl0: &l0 [lol]\n" + LAUGHS)
+    return SCORE
+
+
+@case("rubric/schema-file-alias-bomb", "field 'schema_file'", "schema.yaml expands to more than 100,000 keys and values")
+def _(p):
+    p.write("rubrics/schema.yaml", "l0: &l0 [lol]\n" + LAUGHS)
+    p.edit("rubrics/qa.yaml", "  - name: short\n", "  - name: shape\n    type: json_schema\n    schema_file: rubrics/schema.yaml\n"
+           "  - name: short\n")
+    return SCORE
+
+
 @case("jsonl/eval-duplicate-id", "data/eval.jsonl:4:", "field 'id': 'q1' was already used by an earlier line")
 def _(p):
     p.edit("data/eval.jsonl", '"id": "q4"', '"id": "q1"')

@@ -96,7 +96,8 @@ def _count(db: Path, sql: str, params=()) -> int:
 
 
 def test_killed_while_training_resumes_from_its_last_checkpoint(project, capsys):
-    exp = _experiment(project, "crash", steps=60)
+    steps = 300  # long enough (several seconds even on a fast machine) for the kill to land mid-training
+    exp = _experiment(project, "crash", steps=steps)
     db = project / "results" / "r.duckdb"
     proc = _start(project, exp, db)
     checkpoints = project / "results" / "artifacts" / "crash"
@@ -109,12 +110,12 @@ def test_killed_while_training_resumes_from_its_last_checkpoint(project, capsys)
     assert [r["heartbeat_at"] for r in _runs(db) if r["variant"] == "lora"][0] > lora[0]["heartbeat_at"]
     _kill(proc)
     saved = sorted(int(p.parent.name.split("-")[1]) for p in first[0].parent.parent.glob("checkpoint-*/trainer_state.json"))
-    assert saved and saved[-1] < 60
+    assert saved and saved[-1] < steps
 
     code, log = _rerun(exp, db, capsys)
     assert code == 0, log
     assert re.search(r"\[lora\] its run crash/lora/\S+ \(crash\) stopped while training and is marked crashed", log)
-    resumed = int(re.search(r"\[lora\] resuming from checkpoint-(\d+) \(step \d+ of 60\)", log).group(1))
+    resumed = int(re.search(rf"\[lora\] resuming from checkpoint-(\d+) \(step \d+ of {steps}\)", log).group(1))
     assert resumed == saved[-1]
     assert "[base] already finished" in log  # not redone
     runs = _runs(db)
@@ -122,11 +123,11 @@ def test_killed_while_training_resumes_from_its_last_checkpoint(project, capsys)
                                                           ("lora", "finished")]
     crashed, finished = runs[1], runs[2]
     assert crashed["finished_at"] == crashed["heartbeat_at"] and "pid" in crashed["error"]
-    assert finished["train_steps"] == 60
+    assert finished["train_steps"] == steps
     with store.reader(db) as con:
-        steps = [s for (s,) in con.execute("SELECT step FROM train_log WHERE run_id = ? AND loss IS NOT NULL "
+        logged = [s for (s,) in con.execute("SELECT step FROM train_log WHERE run_id = ? AND loss IS NOT NULL "
                                            "ORDER BY step", [finished["run_id"]]).fetchall()]
-    assert steps == list(range(1, 61))  # the whole curve: the checkpoint carried the steps before the kill
+    assert logged == list(range(1, steps + 1))  # the whole curve: the checkpoint carried the steps before the kill
     assert not list(checkpoints.glob("lora-*/checkpoints"))  # removed once the model is saved
     assert store.integrity_problems(db) == []
 
