@@ -48,6 +48,15 @@ class LoraSettings(Strict):
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
 
 
+class LaunchSettings(Strict):
+    """Train in several processes through `accelerate launch` (data parallel: each process takes
+    `batch_size` examples per step, so the effective batch is processes × batch_size)."""
+
+    processes: int = Field(2, ge=1, le=1024)
+    # An accelerate config file (FSDP, DeepSpeed, several machines), relative to the project root.
+    config_file: str | None = None
+
+
 class TrainSettings(Strict):
     max_steps: int = Field(30, gt=0)
     batch_size: int = Field(8, gt=0)
@@ -91,6 +100,7 @@ class Variant(Strict):
     prompt: PromptSettings = PromptSettings()
     lora: LoraSettings = LoraSettings()
     train: TrainSettings = TrainSettings()
+    launch: LaunchSettings | None = None  # several training processes (see LaunchSettings)
 
 
 class EvalSet(Strict):
@@ -396,6 +406,9 @@ def _check_variant(path: Path, exp: Experiment, v: Variant) -> None:
         needed = "preference" if v.method == Method.dpo else "train"
         if getattr(exp.data, needed) is None:
             raise UserError(f"{where}.data': method '{v.method.value}' needs training data: set 'data.{needed}' or the variant's 'data'")
+    if v.launch is not None and not v.method.trains:
+        raise UserError(f"{where}.launch': method '{v.method.value}' does not train; launch settings are for "
+                        "sft, lora, qlora and dpo")
     if v.train.replay:
         if v.method not in (Method.sft, Method.lora, Method.qlora):
             raise UserError(f"{where}.train.replay': replay mixes prompt/completion data into SFT, LoRA or QLoRA "

@@ -52,6 +52,7 @@ class Inputs:
     replay: Dataset | None  # general data mixed into training by `train.replay`
     # Rubric suites: (set, Dataset, Rubric); perplexity: (set, Corpus, None); lm-eval: (set, Task, None).
     eval_sets: list[tuple[EvalSet, Dataset | Corpus | Task, Rubric | None]]
+    launch_configs: dict[str, Path] = field(default_factory=dict)  # variant → its accelerate config file
 
 
 @dataclass
@@ -94,7 +95,17 @@ def load_inputs(cfg: Config) -> Inputs:
         check_rubric_fits(rubric, rubric_path, ds.examples, ds.path)
         check_slices(e.slices, ds.examples, f"{cfg.path}: field 'eval.{i}.slices':")
         eval_sets.append((e, ds, rubric))
-    return Inputs(model_path, model_fingerprint(model_path), train, pref, variant_data, replay, eval_sets)
+    launch_configs = {}
+    for v in cfg.variants:
+        if v.launch is not None and v.launch.config_file:
+            where = f"variants.{v.name}.launch.config_file"
+            path = cfg.resolve(v.launch.config_file, where)
+            if not path.is_file():
+                raise UserError(f"{cfg.path}: field '{where}': file {v.launch.config_file!r} not found; expected an "
+                                "accelerate config file (`accelerate config --config_file PATH` writes one)")
+            launch_configs[v.name] = path
+    return Inputs(model_path, model_fingerprint(model_path), train, pref, variant_data, replay, eval_sets,
+                  launch_configs)
 
 
 def training_data(v: Variant, inputs: Inputs) -> Dataset | None:
@@ -143,7 +154,9 @@ def variant_hashes(cfg: Config, inputs: Inputs) -> dict[str, Hashes]:
         data = training_data(v, inputs)
         shots = inputs.train.sha256 if (v.method == Method.prompt and v.prompt.few_shot and inputs.train) else None
         train_hash = content_hash({
-            "variant": v.model_dump(mode="json", exclude={"train": {"save_steps"}}),
+            # save_steps does not change the weights; `launch` is left out when unset, so that
+            # variants hashed before it existed keep their hash.
+            "variant": v.model_dump(mode="json", exclude={"train": {"save_steps"}, **({"launch": True} if v.launch is None else {})}),
             "parent": out[v.init_from].train if v.init_from else None,
             "model": exp.model, "model_fingerprint": inputs.model_fingerprint,
             "data": data.sha256 if data else None, "few_shot_data": shots,
@@ -669,8 +682,14 @@ def _train_or_reuse(v: Variant, start: ModelSpec, data: Dataset, inputs: Inputs,
     log(f"[{v.name}] training: {v.method.value}, {v.train.max_steps} steps of {v.train.batch_size} "
         f"on {len(train.examples)} examples" + (f" ({v.train.replay:.0%} replay)" if v.train.replay else "")
         + (f", validation loss on {len(validation)} held out" if validation else ""))
-    result = train_variant(v, start, train, out_dir, policy, exp.seed, exp.trust_remote_code, progress, validation,
-                           log=lambda s: log(f"[{v.name}] {s}"))
+    if v.launch is not None:
+        from harness.launch import launch_training
+
+        result = launch_training(v, start, train, validation, out_dir, policy, exp.seed, exp.trust_remote_code,
+                                 inputs.launch_configs.get(v.name), log=lambda s: log(f"[{v.name}] {s}"))
+    else:
+        result = train_variant(v, start, train, out_dir, policy, exp.seed, exp.trust_remote_code, progress,
+                               validation, log=lambda s: log(f"[{v.name}] {s}"))
     as_dict = dataclasses.asdict(result)
     marker.write_text(json.dumps(as_dict))
     shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)  # only for resuming; the artifact is whole now

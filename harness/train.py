@@ -33,6 +33,7 @@ class TrainResult:
     tokens: int  # non-padding tokens seen by the model during training
     steps: int
     train_s: float = 0.0  # the training loop alone, in this process (wall_s adds loading, and earlier attempts)
+    world_size: int = 1  # training processes (accelerate launch)
 
 
 class PeakMemory:
@@ -173,6 +174,8 @@ class _Elapsed:
 
         class SaveElapsed(TrainerCallback):
             def on_save(self, args, state, control, **kwargs):
+                if not state.is_world_process_zero:
+                    return
                 ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
                 if ckpt.is_dir():
                     (ckpt / _Elapsed.FILE).write_text(json.dumps({"wall_s": elapsed.total()}))
@@ -227,6 +230,7 @@ def _run(trainer, spec: ModelSpec, t0: float, mem: PeakMemory, desc: str | None,
         tokens=int(trainer.state.num_input_tokens_seen or 0),
         steps=int(trainer.state.global_step),
         train_s=loop_s,
+        world_size=int(trainer.args.world_size),
     )
 
 
@@ -282,7 +286,8 @@ def train_variant(
                              peft_config=_lora_config(variant), **extra)
         adapter = out_dir / "adapter"
         result = _run(trainer, ModelSpec(start.path, (*start.adapters, str(adapter))), t0, mem, desc, log)
-        trainer.model.save_pretrained(adapter)
+        if trainer.is_world_process_zero():  # with several processes, one writes
+            trainer.model.save_pretrained(adapter)
         return result
 
     config = SFTConfig(**args)
@@ -292,8 +297,9 @@ def train_variant(
         trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer, **extra)
         weights = out_dir / "model"
         result = _run(trainer, ModelSpec(str(weights)), t0, mem, desc, log)
-        trainer.model.save_pretrained(weights, safe_serialization=True)
-        tokenizer.save_pretrained(weights)
+        if trainer.is_world_process_zero():
+            trainer.model.save_pretrained(weights, safe_serialization=True)
+            tokenizer.save_pretrained(weights)
         return result
 
     if method == Method.qlora:
@@ -315,5 +321,6 @@ def train_variant(
     adapter = out_dir / "adapter"
     spec = ModelSpec(start.path, (*start.adapters, str(adapter)), load_in_4bit=method == Method.qlora)
     result = _run(trainer, spec, t0, mem, desc, log)
-    trainer.model.save_pretrained(adapter)
+    if trainer.is_world_process_zero():
+        trainer.model.save_pretrained(adapter)
     return result
