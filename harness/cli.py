@@ -1,4 +1,4 @@
-"""`harness` command line: run, rescore, score, gate, leakage, report, ls, verify.
+"""`harness` command line: run, rescore, score, gate, leakage, report, ls, verify, ingest.
 
 Exit codes: 0 success, 1 a run failed, 2 bad input or usage (one line on stderr, no traceback).
 """
@@ -86,6 +86,11 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--experiment", action="append", default=None,
                      help="only these experiments (repeatable; default: every experiment in the files)")
     rep.add_argument("--out", type=Path, default=None, help="report path (default reports/NAME.html)")
+
+    ing = sub.add_parser("ingest", help="copy the runs of other results files (e.g. one per machine) into one, "
+                         "then recompute their experiments' comparisons")
+    ing.add_argument("sources", type=Path, nargs="+", help="results files to read (left unchanged)")
+    ing.add_argument("--db", type=Path, default=DEFAULT_DB, help=f"results file to write (default {DEFAULT_DB})")
 
     ver = sub.add_parser("verify", help="check a results file: every table readable, rows consistent, runs whose "
                          "process died")
@@ -315,6 +320,32 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def cmd_ingest(args) -> int:
+    import json
+
+    from harness import store
+    from harness.compare import refresh
+
+    for src in args.sources:  # every source readable before anything is written
+        if Path(src).resolve() == Path(args.db).resolve():
+            raise UserError(f"{src}: is the results file being ingested into (--db); expected another file")
+        with store.reader(src):
+            pass
+    store.upgrade(args.db)
+    touched: set[str] = set()
+    for src in args.sources:
+        got = store.ingest(args.db, src)
+        touched.update(got["experiments"])
+        print(f"{src}: {got['runs']} runs ingested" + (f" ({', '.join(got['experiments'])})" if got["runs"] else ""))
+    with store.reader(args.db) as con:
+        baselines = dict(con.execute("SELECT experiment, config_json FROM experiments").fetchall())
+    for e in sorted(touched):
+        baseline = json.loads(baselines[e]).get("baseline", "base") if e in baselines else "base"
+        refresh(args.db, e, baseline)
+    print(f"results: {args.db}")
+    return 0
+
+
 def cmd_verify(args) -> int:
     from harness import store
     from harness.run import STALE_S, utc_now
@@ -349,7 +380,8 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops a run like Ctrl-C: its variant is marked failed
     try:
         commands = {"run": cmd_run, "rescore": lambda a: cmd_run(a, rescore=True), "score": cmd_score, "gate": cmd_gate,
-                    "leakage": cmd_leakage, "report": cmd_report, "ls": cmd_ls, "verify": cmd_verify}
+                    "leakage": cmd_leakage, "report": cmd_report, "ls": cmd_ls, "verify": cmd_verify,
+                    "ingest": cmd_ingest}
         return commands[args.command](args)
     except UserError as e:
         print(f"harness: error: {e}", file=sys.stderr)

@@ -394,6 +394,40 @@ def integrity_problems(path: Path) -> list[str]:
     return problems
 
 
+def ingest(path: Path, source: Path) -> dict[str, Any]:
+    """Copy into `path` the ended runs of another results file (finished, failed, crashed) that it
+    does not hold, with all their rows; the experiments it does not know, or knows from an older
+    run; and leakage findings of experiments it has none of. One transaction: all of it or none.
+    This is how results from several machines come together: each machine writes its own file,
+    one process ingests them (DuckDB allows one writer per file, and a file on a network share
+    should not be shared live)."""
+    if Path(source).resolve() == Path(path).resolve():
+        raise UserError(f"{source}: is the results file being ingested into; expected another file")
+    with reader(source):  # a readable harness file of this schema, or a UserError naming it
+        pass
+    with _transaction(path) as con:
+        # (Attached for this connection only: closing it at the transaction's end detaches it.)
+        con.execute("ATTACH ? AS src (READ_ONLY)", [str(Path(source).resolve())])
+        new = [r for (r,) in con.execute(
+            "SELECT run_id FROM src.runs WHERE status IN ('finished', 'failed', 'crashed') "
+            "AND run_id NOT IN (SELECT run_id FROM runs)").fetchall()]
+        con.execute("CREATE TEMP TABLE new_runs AS SELECT unnest(?::VARCHAR[]) AS run_id", [new])
+        for table in TABLES:
+            con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM src.{table} "
+                        "WHERE run_id IN (SELECT run_id FROM new_runs)")
+        experiments = [e for (e,) in con.execute(
+            "SELECT DISTINCT experiment FROM src.runs WHERE run_id IN (SELECT run_id FROM new_runs)").fetchall()]
+        con.execute("INSERT OR REPLACE INTO experiments BY NAME SELECT s.* FROM src.experiments s "
+                    "LEFT JOIN experiments d USING (experiment) WHERE d.updated_at IS NULL OR s.updated_at > d.updated_at")
+        unchecked = [e for (e,) in con.execute(
+            "SELECT DISTINCT experiment FROM src.leakage_suites WHERE experiment NOT IN "
+            "(SELECT experiment FROM leakage_suites)").fetchall()]
+        for table in ("leakage", "leakage_suites", "data_audit"):
+            con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM src.{table} "
+                        "WHERE experiment IN (SELECT unnest(?::VARCHAR[]))", [unchecked])
+    return {"runs": len(new), "experiments": experiments}
+
+
 def write_comparisons(path: Path, experiment: str, rows: list[dict[str, Any]], changes: list[dict[str, Any]],
                       clean: list[dict[str, Any]] = ()) -> None:
     """Replace an experiment's comparisons, changes against the base and clean-subset metrics

@@ -300,3 +300,31 @@ def test_verify_finds_orphan_rows_and_a_damaged_file(smoke, tmp_path, capsys):
     assert main(["verify", "--db", str(damaged)]) == 1
     out = capsys.readouterr().out
     assert "cannot be read: Corrupt database file: computed checksum" in out
+
+
+def test_results_from_several_machines_are_ingested_into_one_file(project, capsys, monkeypatch):
+    """Each machine runs some variants into its own file; one process ingests them all, once."""
+    monkeypatch.chdir(project)
+    exp = _experiment(project, "multi")
+    a, b, both = (project / "results" / f"{n}.duckdb" for n in ("machine-a", "machine-b", "all"))
+    assert main(["run", str(exp), "--db", str(a), "--only", "base", "--quiet"]) == 0
+    assert main(["run", str(exp), "--db", str(b), "--only", "lora", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["ingest", str(a), str(b), "--db", str(both)]) == 0
+    out = capsys.readouterr().out
+    assert f"{a}: 1 runs ingested (multi)" in out and f"{b}: 1 runs ingested (multi)" in out
+    runs = _runs(both)
+    assert sorted((r["variant"], r["status"]) for r in runs) == [("base", "finished"), ("lora", "finished")]
+    assert _count(both, "SELECT count(*) FROM outputs") == 12
+    for table in ("samples", "metrics", "suites", "leakage_suites", "experiments"):
+        assert _count(both, f"SELECT count(*) FROM {table}") > 0, table
+    # The comparison of lora with base exists only now that both are in one file.
+    assert _count(a, "SELECT count(*) FROM comparisons WHERE variant = 'lora'") == 0
+    assert _count(both, "SELECT count(*) FROM comparisons WHERE variant = 'lora' AND baseline = 'base'") > 0
+    assert store.integrity_problems(both) == []
+    # Ingesting again adds nothing; the sources are unchanged.
+    assert main(["ingest", str(a), str(b), "--db", str(both)]) == 0
+    assert "0 runs ingested" in capsys.readouterr().out
+    assert _count(both, "SELECT count(*) FROM runs") == 2 and _count(a, "SELECT count(*) FROM runs") == 1
+    assert main(["report", "--db", str(both), "--out", str(project / "reports" / "all.html")]) == 0
+    assert main(["ingest", str(both), "--db", str(both)]) == 2  # into itself: a usage error
