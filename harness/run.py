@@ -444,6 +444,8 @@ def run_experiment(cfg: Config, db: Path, artifacts: Path, force: bool = False, 
                                    log, env)
             if outcome.status != "elsewhere":
                 break
+            if outcome.message.startswith("finished"):
+                continue  # look again: finished_run finds it now
             if not waited:  # the same variant, same content, in another live process: wait for its result
                 log(f"[{v.name}] {outcome.message}; waiting for it")
                 waited = True
@@ -477,7 +479,9 @@ def _run_variant(cfg, v: Variant, inputs: Inputs, policy: DevicePolicy, db: Path
         "env_json": env,
         "started_at": started, "host": store.HOST, "pid": os.getpid(),
     }
-    other = store.claim_run(db, run, started, STALE_S)  # 'running' from here, with a heartbeat
+    other = store.claim_run(db, run, started, STALE_S, rerun=force)  # 'running' from here, with a heartbeat
+    if other is not None and other["status"] == "finished":  # by another process, since we looked
+        return VariantOutcome(v.name, "elsewhere", other["run_id"], "finished by another process")
     if other is not None:
         return VariantOutcome(v.name, "elsewhere", other["run_id"],
                               f"being run by another process ({other['host']}, pid {other['pid']})")

@@ -330,16 +330,19 @@ def mark_crashed(path: Path, now, stale_s: float) -> list[dict[str, Any]]:
     return dead
 
 
-def claim_run(path: Path, run: dict[str, Any], now, stale_s: float) -> dict[str, Any] | None:
+def claim_run(path: Path, run: dict[str, Any], now, stale_s: float, rerun: bool = False) -> dict[str, Any] | None:
     """Insert `run` as 'running', unless a live process is already running the same variant of the
-    same experiment with the same content hash: then return that run and insert nothing. One
-    transaction, so two processes cannot both claim it."""
+    same experiment with the same content hash, or (unless `rerun`) one has finished it since the
+    caller looked: then return that run and insert nothing. One transaction, so two processes
+    cannot both claim it."""
     run = _json_columns(run)
     with _transaction(path) as con:
-        others = query(con, "SELECT run_id, host, pid, started_at, heartbeat_at FROM runs WHERE status = 'running' "
-                            "AND experiment = ? AND config_hash = ? AND run_id <> ?",
+        others = query(con, "SELECT run_id, status, host, pid, started_at, heartbeat_at FROM runs "
+                            "WHERE status IN ('running', 'finished') AND experiment = ? AND config_hash = ? "
+                            "AND run_id <> ? ORDER BY status = 'finished' DESC",
                        [run["experiment"], run["config_hash"], run["run_id"]])
-        live = [r for r in others if not is_dead(r, now, stale_s)]
+        live = [r for r in others if (r["status"] == "finished" and not rerun)
+                or (r["status"] == "running" and not is_dead(r, now, stale_s))]
         if live:
             return live[0]
         con.execute("DELETE FROM runs WHERE run_id = ?", [run["run_id"]])

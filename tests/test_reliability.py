@@ -328,3 +328,28 @@ def test_results_from_several_machines_are_ingested_into_one_file(project, capsy
     assert _count(both, "SELECT count(*) FROM runs") == 2 and _count(a, "SELECT count(*) FROM runs") == 1
     assert main(["report", "--db", str(both), "--out", str(project / "reports" / "all.html")]) == 0
     assert main(["ingest", str(both), "--db", str(both)]) == 2  # into itself: a usage error
+
+
+def test_a_claim_is_refused_while_another_process_runs_the_variant_or_after_it_finished(tmp_path):
+    """The check and the claim are one transaction: what another process did between a caller's
+    look and its claim (started the variant, or finished it) is seen."""
+    db = tmp_path / "r.duckdb"
+    now = datetime(2026, 1, 1, 12, 0, 0)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        base = {"experiment": "e", "variant": "v", "method": "none", "config_hash": "h", "base_model": "m",
+                "harness_version": "0", "started_at": now, "host": store.HOST}
+        assert store.claim_run(db, {**base, "run_id": "e/v/1", "pid": sleeper.pid}, now, 300) is None
+        theirs = store.claim_run(db, {**base, "run_id": "e/v/2", "pid": os.getpid()}, now, 300)
+        assert theirs["run_id"] == "e/v/1" and theirs["status"] == "running"
+        assert store.claim_run(db, {**base, "run_id": "e/x/1", "config_hash": "other", "pid": os.getpid()}, now,
+                               300) is None  # another content hash: no conflict
+        store.write_run(db, {**base, "run_id": "e/v/1", "pid": sleeper.pid, "status": "finished", "finished_at": now},
+                        [], [], [], [])
+        assert store.claim_run(db, {**base, "run_id": "e/v/3", "pid": os.getpid()}, now, 300)["status"] == "finished"
+        assert store.claim_run(db, {**base, "run_id": "e/v/4", "pid": os.getpid()}, now, 300, rerun=True) is None
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        for run_id in ("e/x/1", "e/v/4"):
+            store.release(run_id)
