@@ -223,11 +223,12 @@ class OutputCache:
     def __init__(self, path: Path):
         self.path, self.outputs = path, {}
         if path.exists():
-            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            # Split on "\n" only: an output may hold U+2028, which splitlines() would take for a line end.
+            for line in path.read_text(encoding="utf-8", errors="replace").split("\n"):
                 try:
                     row = json.loads(line)
                     self.outputs[row["key"]] = row["output"]
-                except (json.JSONDecodeError, KeyError, TypeError):
+                except (ValueError, KeyError, TypeError):  # the line a kill cut short, or blank
                     continue
 
     @staticmethod

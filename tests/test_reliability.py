@@ -353,3 +353,15 @@ def test_a_claim_is_refused_while_another_process_runs_the_variant_or_after_it_f
         sleeper.wait()
         for run_id in ("e/x/1", "e/v/4"):
             store.release(run_id)
+
+
+def test_the_output_cache_keeps_any_text_and_skips_a_line_cut_short(tmp_path):
+    from harness.run import OutputCache
+
+    cache = OutputCache(tmp_path / "c.jsonl")
+    texts = ["plain", "line\u2028separator", "para\u2029graph", "new\nline", "<\x00>"]
+    cache.add([(f"k{i}", t) for i, t in enumerate(texts)])
+    with open(tmp_path / "c.jsonl", "a", encoding="utf-8") as f:
+        f.write('{"key": "k9", "output": "cut sho')  # what a SIGKILL mid-write leaves
+    again = OutputCache(tmp_path / "c.jsonl")
+    assert again.outputs == {f"k{i}": t for i, t in enumerate(texts)}
