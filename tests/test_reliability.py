@@ -147,7 +147,8 @@ def test_killed_while_training_resumes_from_its_last_checkpoint(project, capsys)
 
 
 def test_killed_while_generating_resumes_from_the_output_cache(project, capsys):
-    exp = _experiment(project, "gen", n=24, tokens=24, lora=False)
+    n = 60  # enough batches that the kill lands mid-generation on a fast machine too
+    exp = _experiment(project, "gen", n=n, tokens=32, lora=False)
     db = project / "results" / "r.duckdb"
     proc = _start(project, exp, db)
     cache_dir = project / "results" / "artifacts" / "outputs"
@@ -165,18 +166,18 @@ def test_killed_while_generating_resumes_from_the_output_cache(project, capsys):
         except json.JSONDecodeError:  # the kill may cut the last line short
             continue
         cached[row["key"]] = row["output"]
-    assert 4 <= len(cached) < 24
+    assert 4 <= len(cached) < n
     assert [(r["status"], r["stage"]) for r in _runs(db)] == [("running", "evaluating tickets")]
 
     code, log = _rerun(exp, db, capsys)
     assert code == 0, log
-    assert f"[base] tickets: {len(cached)} of 24 outputs from the output cache, generating the other {24 - len(cached)}" in log
+    assert f"[base] tickets: {len(cached)} of {n} outputs from the output cache, generating the other {n - len(cached)}" in log
     runs = _runs(db)
     assert [r["status"] for r in runs] == ["crashed", "finished"]
     assert runs[0]["stage"] == "evaluating tickets"
     with store.reader(db) as con:
         outputs = [o for (o,) in con.execute("SELECT output FROM outputs WHERE run_id = ?", [runs[1]["run_id"]]).fetchall()]
-    assert len(outputs) == 24
+    assert len(outputs) == n
     # The cached answers are in the results as they were generated before the kill.
     assert set(cached.values()) <= set(outputs)
     assert store.integrity_problems(db) == []
