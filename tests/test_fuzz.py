@@ -240,15 +240,19 @@ VALID_EXPERIMENT = {
 }
 
 
-def _check_load_config(root: Path, content: str | bytes) -> None:
-    path = root / "exp.yaml"
+def _check_loads(path: Path, content: str | bytes, load, expected: type) -> None:
+    """`load(path)` on `content` returns an `expected` or raises a one-line UserError naming the file."""
     path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
     try:
-        cfg = load_config(path)
+        result = load(path)
     except UserError as e:
         _assert_one_line(e, path)
     else:
-        assert isinstance(cfg, Config)
+        assert isinstance(result, expected)
+
+
+def _check_load_config(root: Path, content: str | bytes) -> None:
+    _check_loads(root / "exp.yaml", content, load_config, Config)
 
 
 def test_the_valid_experiment_loads(root):
@@ -393,14 +397,7 @@ def _safe_functions(doc):
 
 
 def _check_load_rubric(root: Path, content: str | bytes) -> None:
-    path = root / "rubric.yaml"
-    path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
-    try:
-        rubric = load_rubric(path, root)
-    except UserError as e:
-        _assert_one_line(e, path)
-    else:
-        assert isinstance(rubric, Rubric)
+    _check_loads(root / "rubric.yaml", content, lambda path: load_rubric(path, root), Rubric)
 
 
 def test_the_valid_rubric_loads(root):
