@@ -8,15 +8,17 @@ Prints wall time, generated tokens per second, the ratio, and how many outputs a
 (batched greedy decoding with padding can differ in the last float bits, rarely in a token).
 Goal (issue 9): ≥ 8× the per-sample loop.
 
-    python benchmarks/bench_generate.py [--model builtin:smollm2-135m-instruct] [--samples 64]
-        [--max-new-tokens 48] [--batch-size 32]
+    python benchmarks/bench_generate.py [--model builtin:smollm2-135m-instruct|random:smollm2-135m] [--samples 64]
+        [--max-new-tokens 48] [--batch-size 32] [--tokenizer DIR]
+
+A `random:` model (benchmarks/common.py) rarely emits its end token, so every answer runs to
+`--max-new-tokens`: the same work for both, and outputs that may differ more between padded and
+unpadded runs than a trained model's.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -27,11 +29,12 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
+from benchmarks.common import machine_line, model_path  # noqa: E402
 from harness.cli import _quiet_libraries  # noqa: E402
 from harness.config import GenerationSettings  # noqa: E402
 from harness.data import load_jsonl  # noqa: E402
 from harness.generate import generate  # noqa: E402
-from harness.models import ModelSpec, device_policy, load_model, load_tokenizer, resolve_model  # noqa: E402
+from harness.models import ModelSpec, device_policy, load_model, load_tokenizer  # noqa: E402
 
 
 def per_sample(model, tokenizer, prompts, max_new_tokens: int) -> list[str]:
@@ -52,18 +55,22 @@ def main() -> None:
     p.add_argument("--model", default="builtin:smollm2-135m-instruct")
     p.add_argument("--samples", type=int, default=64)
     p.add_argument("--max-new-tokens", type=int, default=48)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", default="32", help="one or several, comma-separated: a harness row each")
+    p.add_argument("--static-cache", action="store_true",
+                   help="also time the harness with transformers' static key/value cache")
+    p.add_argument("--tokenizer", help="tokenizer directory for random:NAME models (default: the embedded model's)")
     args = p.parse_args()
     _quiet_libraries()
 
     policy = device_policy()
-    path = resolve_model(args.model)
+    path = model_path(args.model, args.tokenizer)
     model = load_model(ModelSpec(str(path)), policy)
     model.eval()
     tokenizer = load_tokenizer(path)
     data = load_jsonl(ROOT / "experiments" / "data" / "tickets_test.jsonl", "eval", limit=args.samples)
     prompts = [ex.prompt for ex in data.examples]
-    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    sizes = [int(b) for b in args.batch_size.split(",")]
+    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, batch_size=sizes[0])
 
     generate(model, tokenizer, prompts[:2], settings, progress=False)  # warm-up: lazy initialisation
     per_sample(model, tokenizer, prompts[:1], 4)
@@ -77,23 +84,38 @@ def main() -> None:
             torch.cuda.synchronize()
         return out, time.perf_counter() - t
 
-    base_out, base_s = timed(lambda: per_sample(model, tokenizer, prompts, args.max_new_tokens))
-    ours_out, ours_s = timed(lambda: generate(model, tokenizer, prompts, settings, progress=False))
-    tokens = [sum(len(tokenizer(o, add_special_tokens=False)["input_ids"]) for o in out) for out in (base_out, ours_out)]
-    same = sum(a == b for a, b in zip(base_out, ours_out))
+    def ntok(outs):
+        return sum(len(tokenizer(o, add_special_tokens=False)["input_ids"]) for o in outs)
 
-    gpu = torch.cuda.get_device_name(0) if policy.device == "cuda" else "none"
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, GPU {gpu}; device {policy.device} "
-          f"({policy.dtype_name}); torch {torch.__version__}, transformers {transformers.__version__}")
+    print(f"{machine_line()}; device {policy.device} ({policy.dtype_name}), transformers {transformers.__version__}")
     print(f"model {args.model}, {len(prompts)} prompts (demo tickets), greedy, at most {args.max_new_tokens} new tokens")
     print(f"command: python benchmarks/bench_generate.py --model {args.model} --samples {args.samples} "
-          f"--max-new-tokens {args.max_new_tokens} --batch-size {args.batch_size}\n")
+          f"--max-new-tokens {args.max_new_tokens} --batch-size {args.batch_size}"
+          + (" --static-cache" if args.static_cache else "") + "\n")
+    # Rows are printed as they finish: a run stopped by a time limit keeps what it measured.
     print("| generation | wall s | generated tokens | tokens/s | ratio |")
     print("|---|---|---|---|---|")
-    print(f"| per-sample loop (baseline) | {base_s:.2f} | {tokens[0]} | {tokens[0] / base_s:.1f} | 1.00× |")
-    print(f"| harness, batch {args.batch_size}, length-sorted | {ours_s:.2f} | {tokens[1]} | {tokens[1] / ours_s:.1f} | "
-          f"{base_s / ours_s:.2f}× |")
-    print(f"\nidentical outputs: {same} of {len(prompts)}")
+    base_out, base_s = timed(lambda: per_sample(model, tokenizer, prompts, args.max_new_tokens))
+    print(f"| per-sample loop (baseline) | {base_s:.2f} | {ntok(base_out)} | {ntok(base_out) / base_s:.1f} | 1.00× |",
+          flush=True)
+    for size in sizes:
+        at = settings.model_copy(update={"batch_size": size})
+        out, s = timed(lambda: generate(model, tokenizer, prompts, at, progress=False))
+        print(f"| harness, batch {size}, length-sorted | {s:.2f} | {ntok(out)} | {ntok(out) / s:.1f} | "
+              f"{base_s / s:.2f}× |", flush=True)
+        if size == sizes[0]:
+            ours_out, same = out, sum(a == b for a, b in zip(base_out, out))
+    note = ""
+    if args.static_cache:
+        # transformers compiles the forward pass for a static cache on first use: time that call
+        # too, since an evaluation of one variant pays it once per model.
+        for label in ("first call, compiling", "compiled"):  # at the first batch size
+            static_out, static_s = timed(lambda: generate(model, tokenizer, prompts, settings, progress=False,
+                                                          cache_implementation="static"))
+            print(f"| harness, batch {sizes[0]}, length-sorted, static cache, {label} | {static_s:.2f} | "
+                  f"{ntok(static_out)} | {ntok(static_out) / static_s:.1f} | {base_s / static_s:.2f}× |", flush=True)
+        note = f"; static cache against dynamic: {sum(a == b for a, b in zip(ours_out, static_out))} of {len(prompts)}"
+    print(f"\nidentical outputs (per-sample loop against batch {sizes[0]}): {same} of {len(prompts)}{note}")
 
 
 if __name__ == "__main__":

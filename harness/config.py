@@ -76,6 +76,12 @@ class TrainSettings(Strict):
     # A checkpoint every this many steps (0: none); a run killed mid-training resumes from the last
     # one. Not part of the training hash: it does not change the weights.
     save_steps: int = Field(50, ge=0)
+    # torch.compile the model: pays only on long runs (compiling took longer than a whole 30-step
+    # run on an H100, README "Measured"). Not part of the training hash either.
+    torch_compile: bool = False
+    # None: the device's policy (off: faster, at the cost of memory). True when a model does not fit.
+    # Not part of the training hash.
+    gradient_checkpointing: bool | None = None
 
     @model_validator(mode="after")
     def _early_stopping_needs_validation(self):

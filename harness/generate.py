@@ -24,10 +24,11 @@ def build_messages(prompt: Messages, settings: PromptSettings | None, shots: lis
 
 def generate(model, tokenizer, prompts: list[Messages], settings: GenerationSettings, desc: str = "generate",
              progress: bool = True, temperature: float | None = None, seed: int = 0,
-             prefixes: list[str] | None = None, on_batch=None) -> list[str]:
+             prefixes: list[str] | None = None, on_batch=None, cache_implementation: str | None = None) -> list[str]:
     """Greedy unless `temperature` is given (the judge's repeated asks); sampling is seeded.
     `prefixes`: text the assistant's turn starts with, which the model continues (not returned).
-    `on_batch(indices, texts)` is called after each batch (the caller's indices), e.g. to cache them."""
+    `on_batch(indices, texts)` is called after each batch (the caller's indices), e.g. to cache them.
+    `cache_implementation`: transformers' key/value cache ("static": preallocated, compilable)."""
     import torch
     from tqdm.auto import tqdm
     from transformers import GenerationConfig
@@ -37,6 +38,7 @@ def generate(model, tokenizer, prompts: list[Messages], settings: GenerationSett
     gen_config = GenerationConfig(
         max_new_tokens=settings.max_new_tokens, **sampling,
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        cache_implementation=cache_implementation,
     )
     torch.manual_seed(seed)
 

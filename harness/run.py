@@ -38,6 +38,7 @@ from harness.perplexity import Corpus, load_corpus, perplexity_metrics, token_nl
 from harness.rubric import (Rubric, SampleScore, check_rubric_fits, check_slices, load_rubric, score_samples,
                             suite_metrics)
 from harness import store
+from harness.train import token_counts
 
 
 @dataclass
@@ -154,9 +155,11 @@ def variant_hashes(cfg: Config, inputs: Inputs) -> dict[str, Hashes]:
         data = training_data(v, inputs)
         shots = inputs.train.sha256 if (v.method == Method.prompt and v.prompt.few_shot and inputs.train) else None
         train_hash = content_hash({
-            # save_steps does not change the weights; `launch` is left out when unset, so that
-            # variants hashed before it existed keep their hash.
-            "variant": v.model_dump(mode="json", exclude={"train": {"save_steps"}, **({"launch": True} if v.launch is None else {})}),
+            # save_steps, torch_compile and gradient_checkpointing do not change what is learnt;
+            # `launch` is left out when unset, so that variants hashed before it existed keep their hash.
+            "variant": v.model_dump(mode="json", exclude={
+                "train": {"save_steps", "torch_compile", "gradient_checkpointing"},
+                **({"launch": True} if v.launch is None else {})}),
             "parent": out[v.init_from].train if v.init_from else None,
             "model": exp.model, "model_fingerprint": inputs.model_fingerprint,
             "data": data.sha256 if data else None, "few_shot_data": shots,
@@ -341,7 +344,7 @@ def check_leakage(cfg: Config, inputs: Inputs, db: Path, log) -> list[dict]:
             if v.method.trains:
                 lengths.setdefault(v.train.max_length, []).append(v.name)
         fields = {f: [ex.fields.get(f) for ex in ds.examples] for f in {k for ex in ds.examples for k in ex.fields}}
-        tokens = _token_counts(tokenizer, ds.examples)
+        tokens = token_counts(tokenizer, ds.examples)
         if name != "replay":  # replay is mixed into other data: losing it alone does not stop training
             _check_room_for_answers(cfg, ds, users, tokens)
         audit += [{**r, "source": name, "path": str(ds.path), "sha256": ds.sha256}
@@ -367,20 +370,6 @@ def _check_room_for_answers(cfg: Config, ds: Dataset, users: list[Variant], toke
                             f"leaves no room for an answer in any of the {len(ds.examples)} examples of {ds.path} "
                             f"(the shortest prompt is {shortest} tokens with the chat template); expected more than "
                             f"{shortest}")
-
-
-def _token_counts(tokenizer, examples: list[Example]) -> list[tuple[int, int]]:
-    """(prompt tokens, prompt + answer tokens) per answer, rendered with the chat template as TRL
-    renders conversational data; in the order of leakage.examples_side's text items."""
-    def n(messages, prompt):
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=prompt, tokenize=True, return_dict=False)
-        return len(ids)
-
-    out = []
-    for ex in examples:
-        p = n(ex.prompt, True)
-        out += [(p, n(ex.prompt + answer, False)) for answer in (ex.completion, ex.chosen, ex.rejected) if answer]
-    return out
 
 
 def run_experiment(cfg: Config, db: Path, artifacts: Path, force: bool = False, only: list[str] | None = None,

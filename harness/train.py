@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from harness.config import Method, Variant
@@ -19,6 +19,45 @@ from harness.data import Dataset, Example
 from harness.models import DevicePolicy, ModelSpec, load_base, load_model, load_tokenizer
 
 DEFAULT_LR = {Method.sft: 1e-4, Method.lora: 3e-4, Method.qlora: 3e-4, Method.dpo: 1e-4}
+
+
+@dataclass(frozen=True)
+class Speed:
+    """How a training runs fast. None of it changes what is learnt beyond float rounding, so none of
+    it is part of the training hash. `benchmarks/bench_train.py` measures each against the others."""
+
+    # SFT, LoRA, QLoRA: a batch is one row of concatenated examples (no padding); the attention mask
+    # keeps examples apart (transformers builds it from the restarting position ids). Used only when
+    # every example fits `max_length`: padding-free batches are not truncated.
+    padding_free: bool = False
+    liger: bool = False  # Liger's fused kernels (RMSNorm, RoPE, SwiGLU, linear + cross-entropy); CUDA only
+    compile: bool = False  # torch.compile the model
+    precompute_ref: bool = False  # DPO: the reference log-probabilities once, before training
+    # Recompute activations in the backward pass: less memory, about a third more compute.
+    gradient_checkpointing: bool = False
+
+
+def default_speed(policy: DevicePolicy, compile: bool = False, checkpointing: bool | None = None) -> Speed:
+    """What measured faster at equal final loss: none of the first four (README, "Measured": on an
+    H100, padding-free SDPA and TRL's reference pass were slower, Liger mixed, compiling slower than
+    a whole short run), and no gradient checkpointing where memory allows. `compile` and
+    `checkpointing` are the user's (`train.torch_compile`, `train.gradient_checkpointing`)."""
+    return Speed(compile=compile,
+                 gradient_checkpointing=policy.gradient_checkpointing if checkpointing is None else checkpointing)
+
+
+def token_counts(tokenizer, examples: list[Example]) -> list[tuple[int, int]]:
+    """(prompt tokens, prompt + answer tokens) per answer, rendered with the chat template as TRL
+    renders conversational data; in the order of leakage.examples_side's text items."""
+    def n(messages, prompt):
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=prompt, tokenize=True, return_dict=False)
+        return len(ids)
+
+    out = []
+    for ex in examples:
+        p = n(ex.prompt, True)
+        out += [(p, n(ex.prompt + answer, False)) for answer in (ex.completion, ex.chosen, ex.rejected) if answer]
+    return out
 
 
 @dataclass
@@ -32,8 +71,11 @@ class TrainResult:
     total_params: int
     tokens: int  # non-padding tokens seen by the model during training
     steps: int
-    train_s: float = 0.0  # the training loop alone, in this process (wall_s adds loading, and earlier attempts)
+    # The trainer's set-up (tokenising, DPO's reference pass) and loop, in this process; wall_s adds
+    # loading the model, and earlier attempts of a resumed run.
+    train_s: float = 0.0
     world_size: int = 1  # training processes (accelerate launch)
+    speed: dict = field(default_factory=dict)  # the Speed settings applied (padding_free only where it was used)
 
 
 class PeakMemory:
@@ -109,7 +151,7 @@ def _lora_config(variant: Variant):
     )
 
 
-def _common_args(variant: Variant, out_dir: Path, policy: DevicePolicy, seed: int) -> dict:
+def _common_args(variant: Variant, out_dir: Path, policy: DevicePolicy, seed: int, speed: Speed) -> dict:
     t = variant.train
     return dict(
         output_dir=str(out_dir / "checkpoints"),
@@ -129,11 +171,13 @@ def _common_args(variant: Variant, out_dir: Path, policy: DevicePolicy, seed: in
         # TRL defaults to bf16 and gradient checkpointing; both follow the device policy instead.
         bf16=policy.bf16,
         fp16=False,
-        gradient_checkpointing=policy.gradient_checkpointing,
+        gradient_checkpointing=speed.gradient_checkpointing,
         use_cpu=policy.device == "cpu",
         dataloader_num_workers=0,
         include_num_input_tokens_seen="non_padding",
         disable_tqdm=True,  # our own bar: see _progress_callback
+        use_liger_kernel=speed.liger,
+        torch_compile=speed.compile,
     )
 
 
@@ -194,7 +238,8 @@ def last_checkpoint(trainer) -> str | None:
     return get_last_checkpoint(str(out)) if out.is_dir() else None
 
 
-def _run(trainer, spec: ModelSpec, t0: float, mem: PeakMemory, desc: str | None, log=None) -> TrainResult:
+def _run(trainer, spec: ModelSpec, t0: float, t_setup: float, mem: PeakMemory, desc: str | None, log=None,
+         speed: Speed = Speed()) -> TrainResult:
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)
@@ -212,10 +257,9 @@ def _run(trainer, spec: ModelSpec, t0: float, mem: PeakMemory, desc: str | None,
     model = trainer.model
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    t_loop = time.perf_counter()
     with mem:
         trainer.train(resume_from_checkpoint=resume)
-    loop_s = time.perf_counter() - t_loop
+    train_s = time.perf_counter() - t_setup
     history = trainer.state.log_history
     curve = [{k: v for k, v in e.items() if isinstance(v, (int, float))} for e in history if "loss" in e]
     evals = [{"step": e["step"], "eval_loss": e["eval_loss"]} for e in history if "eval_loss" in e]
@@ -229,8 +273,9 @@ def _run(trainer, spec: ModelSpec, t0: float, mem: PeakMemory, desc: str | None,
         total_params=total,
         tokens=int(trainer.state.num_input_tokens_seen or 0),
         steps=int(trainer.state.global_step),
-        train_s=loop_s,
+        train_s=train_s,
         world_size=int(trainer.args.world_size),
+        speed=asdict(speed),
     )
 
 
@@ -254,9 +299,11 @@ def train_variant(
     progress: bool = True,
     validation: list[Example] = (),
     log=None,
+    speed: Speed | None = None,
 ) -> TrainResult:
     """Train `variant` starting from `start` (the base model, or its parent variant's result) on
-    `data`'s examples; with `validation` examples, measure their loss as training goes."""
+    `data`'s examples; with `validation` examples, measure their loss as training goes. `speed`:
+    `default_speed` with the variant's `torch_compile` unless given."""
     from transformers import EarlyStoppingCallback, set_seed
     from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
@@ -266,7 +313,8 @@ def train_variant(
     mem = PeakMemory(policy.device)
     tokenizer = load_tokenizer(start.path, trust_remote_code)
     dataset = _hf_dataset(data.examples, data.kind)
-    args = _common_args(variant, out_dir, policy, seed)
+    speed = speed or default_speed(policy, variant.train.torch_compile, variant.train.gradient_checkpointing)
+    args = _common_args(variant, out_dir, policy, seed, speed)
     extra = {}
     if validation:
         args.update(_validation_args(variant))
@@ -279,24 +327,35 @@ def train_variant(
     if method == Method.dpo:
         model = load_model(start, policy, trust_remote_code)
         model.train()
-        config = DPOConfig(**args, beta=variant.train.beta)
+        t_setup = time.perf_counter()
+        speed = replace(speed, padding_free=False)  # TRL 1.16's DPO has none (it warns and pads)
+        config = DPOConfig(**args, beta=variant.train.beta, precompute_ref_log_probs=speed.precompute_ref)
         # With a PEFT model and no ref_model, TRL uses the model with its adapter disabled as the
         # reference: exactly the starting point.
         trainer = DPOTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                              peft_config=_lora_config(variant), **extra)
         adapter = out_dir / "adapter"
-        result = _run(trainer, ModelSpec(start.path, (*start.adapters, str(adapter))), t0, mem, desc, log)
+        result = _run(trainer, ModelSpec(start.path, (*start.adapters, str(adapter))), t0, t_setup, mem, desc, log, speed)
         if trainer.is_world_process_zero():  # with several processes, one writes
             trainer.model.save_pretrained(adapter)
         return result
 
+    if speed.padding_free and max(n for _, n in token_counts(tokenizer, data.examples)) <= args["max_length"]:
+        # Nothing would be truncated, so no limit is the same data; TRL refuses a limit here
+        # because padding-free rows are never truncated.
+        args.update(padding_free=True, max_length=None)
+    else:
+        speed = replace(speed, padding_free=False)
     config = SFTConfig(**args)
     if method == Method.sft:
-        model = load_model(start, policy, trust_remote_code)
+        # Float32 weights under bf16 autocast (mixed precision): updates to bf16 weights round away
+        # (measured on a GPU: final loss 1.66 against 1.20 with float32 weights, same steps).
+        model = load_model(start, replace(policy, dtype_name="float32"), trust_remote_code)
         model.train()
+        t_setup = time.perf_counter()
         trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer, **extra)
         weights = out_dir / "model"
-        result = _run(trainer, ModelSpec(str(weights)), t0, mem, desc, log)
+        result = _run(trainer, ModelSpec(str(weights)), t0, t_setup, mem, desc, log, speed)
         if trainer.is_world_process_zero():
             trainer.model.save_pretrained(weights, safe_serialization=True)
             tokenizer.save_pretrained(weights)
@@ -308,19 +367,20 @@ def train_variant(
         # The config forbids a qlora variant starting from one with adapters: merging into 4-bit
         # weights would quantise the parent's update away.
         model = load_base(start.path, policy, load_in_4bit=True, trust_remote_code=trust_remote_code)
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=policy.gradient_checkpointing)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=speed.gradient_checkpointing)
     elif method == Method.lora:
         model = load_model(start, policy, trust_remote_code)
         model.train()
     else:
         raise ValueError(f"method {method.value!r} does not train")
+    t_setup = time.perf_counter()
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=_lora_config(variant), **extra)
     if method == Method.qlora:
         _keep_adapter_fp32_on_cpu(trainer.model, policy)
     adapter = out_dir / "adapter"
     spec = ModelSpec(start.path, (*start.adapters, str(adapter)), load_in_4bit=method == Method.qlora)
-    result = _run(trainer, spec, t0, mem, desc, log)
+    result = _run(trainer, spec, t0, t_setup, mem, desc, log, speed)
     if trainer.is_world_process_zero():
         trainer.model.save_pretrained(adapter)
     return result
