@@ -172,7 +172,8 @@ class DataSettings(Strict):
 
 class GenerationSettings(Strict):
     max_new_tokens: int = Field(64, gt=0, le=4096)
-    batch_size: int = Field(16, gt=0)
+    # 64: 8.7× a per-sample loop on a 2-core CPU, against 8.0× at 32 and 6.5× at 16 (README, "Measured").
+    batch_size: int = Field(64, gt=0)
     do_sample: Literal[False] = False  # greedy: results that cannot be reproduced cannot gate anything
 
 

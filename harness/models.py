@@ -304,12 +304,30 @@ def load_model(spec: ModelSpec, policy: DevicePolicy, trust_remote_code: bool = 
     model = load_base(spec.path, policy, spec.load_in_4bit, trust_remote_code)
     for i, adapter in enumerate(spec.adapters):
         model = PeftModel.from_pretrained(model, adapter)
+        check_adapter_changes_outputs(model, adapter)
         # Merging folds the adapter into the weights (faster to run); a 4-bit base keeps the
         # adapter beside it, as QLoRA is deployed.
         if not spec.load_in_4bit or i < len(spec.adapters) - 1:
             model = model.merge_and_unload()
     model.eval()
     return model
+
+
+def check_adapter_changes_outputs(model, adapter: str | Path) -> None:
+    """An adapter that changes nothing would have the base model scored under the variant's name:
+    its weights never trained (LoRA starts as a no-op), or saved under names that match none of the
+    model's modules (PEFT then loads nothing and only warns). One forward pass of 8 tokens with the
+    adapter and one without tell."""
+    import torch
+
+    ids = torch.arange(1, 9, device=next(model.parameters()).device)[None]
+    with torch.inference_mode():
+        on = model(input_ids=ids).logits
+        with model.disable_adapter():
+            off = model(input_ids=ids).logits
+    if torch.equal(on, off):
+        raise UserError(f"adapter {adapter}: it does not change the model's outputs (untrained, or its weights "
+                        "match none of the model's modules); expected a trained adapter for this base model")
 
 
 @contextmanager

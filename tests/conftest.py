@@ -62,3 +62,21 @@ def rows(db, sql, params=()):
         return con.execute(sql, list(params)).fetchall()
     finally:
         con.close()
+
+
+def saved_lora_adapter(base: Path, dest: Path, target_modules=("q_proj", "v_proj"), trained: bool = True) -> Path:
+    """A LoRA adapter for `base`, saved as safetensors: fresh (B = 0, a no-op) or with B set as
+    training would have it."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base, use_safetensors=True)
+    model = get_peft_model(model, LoraConfig(r=2, target_modules=list(target_modules), task_type="CAUSAL_LM"))
+    if trained:
+        gen = torch.Generator().manual_seed(0)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.data = torch.randn(p.shape, generator=gen) * 0.5
+    model.save_pretrained(dest)
+    return dest

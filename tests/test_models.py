@@ -1,9 +1,11 @@
-"""Model references, the GGUF → safetensors conversion of the embedded model, and the device policy."""
+"""Model references, the GGUF → safetensors conversion of the embedded model, the device policy, and
+the check that a loaded adapter changes the model."""
 
 import json
 
 import pytest
 import torch
+from conftest import saved_lora_adapter
 
 from harness.errors import UserError
 from harness.models import (ModelSpec, device_policy, load_model, load_tokenizer, resolve_model,
@@ -77,3 +79,19 @@ def test_embedded_model_converts_from_gguf_to_safetensors():
     batch = tok(prompt, return_tensors="pt", add_special_tokens=False).to(policy.device)
     out = converted.generate(**batch, max_new_tokens=12, do_sample=False)
     assert "Paris" in tok.decode(out[0, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def test_an_adapter_that_changes_nothing_is_refused_when_loaded(tmp_path):
+    path = resolve_model("builtin:tiny-random")
+    cpu = device_policy()
+    trained = saved_lora_adapter(path, tmp_path / "trained")
+    assert load_model(ModelSpec(str(path), (str(trained),)), cpu) is not None
+    mismatched = saved_lora_adapter(path, tmp_path / "mismatched")
+    # Rename the trained weights so they match no module: PEFT loads nothing and only warns.
+    from safetensors.torch import load_file, save_file
+
+    f = tmp_path / "mismatched" / "adapter_model.safetensors"
+    save_file({k.replace("q_proj", "q_projection").replace("v_proj", "v_projection"): v for k, v in load_file(f).items()}, f)
+    for adapter in (mismatched, saved_lora_adapter(path, tmp_path / "fresh", trained=False)):
+        with pytest.raises(UserError, match=r"adapter .*: it does not change the model's outputs"):
+            load_model(ModelSpec(str(path), (str(adapter),)), cpu)

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import saved_lora_adapter
 
 from harness.errors import UserError
 from harness.models import (DevicePolicy, ModelSpec, check_chat_template, load_base, load_model, load_tokenizer,
@@ -91,17 +92,8 @@ def test_cached_hub_model_with_only_pickled_weights_is_refused(tmp_path, monkeyp
     assert not (tmp_path / "unpickled").exists()
 
 
-def _save_lora_adapter(tiny: Path, dest: Path) -> Path:
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(tiny, use_safetensors=True)
-    get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"])).save_pretrained(dest)
-    return dest
-
-
 def test_adapter_with_only_pickled_weights_is_refused(tiny, tmp_path):
-    adapter = _save_lora_adapter(tiny, tmp_path / "adapter")
+    adapter = saved_lora_adapter(tiny, tmp_path / "adapter")
     assert (adapter / "adapter_model.safetensors").exists()
     load_model(ModelSpec(str(tiny), (str(adapter),)), CPU)  # a safetensors adapter loads
     pickled = copy_without_weights(adapter, tmp_path / "pickled-adapter")
