@@ -691,7 +691,10 @@ def _train_or_reuse(v: Variant, start: ModelSpec, data: Dataset, inputs: Inputs,
     val = (f", validation loss {evals[0]['eval_loss']:.3f} → {evals[-1]['eval_loss']:.3f} (lowest "
            f"{min(e['eval_loss'] for e in evals):.3f})" if evals else "")
     stopped = f", stopped early at step {result.steps}" if result.steps < v.train.max_steps else ""
-    log(f"[{v.name}] trained in {result.wall_s:.0f} s: loss {result.loss_curve[0]['loss']:.3f} → "
+    # What ran, which may not be what a launch config asked for: accelerate's launcher runs FSDP and
+    # DeepSpeed configs on GPUs only, and plain data parallel on a CPU.
+    procs = f" by {result.world_size} processes ({result.distributed})" if result.world_size > 1 else ""
+    log(f"[{v.name}] trained{procs} in {result.wall_s:.0f} s: loss {result.loss_curve[0]['loss']:.3f} → "
         f"{result.loss_curve[-1]['loss']:.3f}{val}{stopped}, {result.trainable_params:,} trainable parameters, "
         f"peak memory {result.peak_mem_mb:,.0f} MB")
     return as_dict

@@ -75,6 +75,7 @@ class TrainResult:
     # loading the model, and earlier attempts of a resumed run.
     train_s: float = 0.0
     world_size: int = 1  # training processes (accelerate launch)
+    distributed: str = "NO"  # accelerate's distributed type as it ran: NO, MULTI_CPU, MULTI_GPU, FSDP, DEEPSPEED
     speed: dict = field(default_factory=dict)  # the Speed settings applied (padding_free only where it was used)
 
 
@@ -275,8 +276,17 @@ def _run(trainer, spec: ModelSpec, t0: float, t_setup: float, mem: PeakMemory, d
         steps=int(trainer.state.global_step),
         train_s=train_s,
         world_size=int(trainer.args.world_size),
+        distributed=str(getattr(trainer.accelerator.state.distributed_type, "value", "NO")),
         speed=asdict(speed),
     )
+
+
+def _save(trainer, dest: Path) -> None:
+    """The trained model or adapter, as safetensors, with the tokenizer. Every process takes part
+    (under FSDP or DeepSpeed the weights are gathered collectively); the main one writes."""
+    trainer.save_model(str(dest))
+    if trainer.is_world_process_zero():
+        (dest / "training_args.bin").unlink(missing_ok=True)  # a pickle: the harness keeps none
 
 
 def _keep_adapter_fp32_on_cpu(model, policy: DevicePolicy) -> None:
@@ -336,8 +346,7 @@ def train_variant(
                              peft_config=_lora_config(variant), **extra)
         adapter = out_dir / "adapter"
         result = _run(trainer, ModelSpec(start.path, (*start.adapters, str(adapter))), t0, t_setup, mem, desc, log, speed)
-        if trainer.is_world_process_zero():  # with several processes, one writes
-            trainer.model.save_pretrained(adapter)
+        _save(trainer, adapter)
         return result
 
     if speed.padding_free and max(n for _, n in token_counts(tokenizer, data.examples)) <= args["max_length"]:
@@ -356,9 +365,7 @@ def train_variant(
         trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer, **extra)
         weights = out_dir / "model"
         result = _run(trainer, ModelSpec(str(weights)), t0, t_setup, mem, desc, log, speed)
-        if trainer.is_world_process_zero():
-            trainer.model.save_pretrained(weights, safe_serialization=True)
-            tokenizer.save_pretrained(weights)
+        _save(trainer, weights)
         return result
 
     if method == Method.qlora:
@@ -381,6 +388,5 @@ def train_variant(
     adapter = out_dir / "adapter"
     spec = ModelSpec(start.path, (*start.adapters, str(adapter)), load_in_4bit=method == Method.qlora)
     result = _run(trainer, spec, t0, t_setup, mem, desc, log, speed)
-    if trainer.is_world_process_zero():
-        trainer.model.save_pretrained(adapter)
+    _save(trainer, adapter)
     return result
