@@ -239,8 +239,8 @@ def last_checkpoint(trainer) -> str | None:
     return get_last_checkpoint(str(out)) if out.is_dir() else None
 
 
-def _run(trainer, spec: ModelSpec, t0: float, t_setup: float, mem: PeakMemory, desc: str | None, log=None,
-         speed: Speed = Speed()) -> TrainResult:
+def _run(trainer, spec: ModelSpec, t0: float, t_setup: float, mem: PeakMemory, desc: str | None, log,
+         speed: Speed) -> TrainResult:
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)
@@ -313,7 +313,7 @@ def train_variant(
 ) -> TrainResult:
     """Train `variant` starting from `start` (the base model, or its parent variant's result) on
     `data`'s examples; with `validation` examples, measure their loss as training goes. `speed`:
-    `default_speed` with the variant's `torch_compile` unless given."""
+    `default_speed` with the variant's `torch_compile` and `gradient_checkpointing`, unless given."""
     from transformers import EarlyStoppingCallback, set_seed
     from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
@@ -345,7 +345,8 @@ def train_variant(
         trainer = DPOTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                              peft_config=_lora_config(variant), **extra)
         adapter = out_dir / "adapter"
-        result = _run(trainer, ModelSpec(start.path, (*start.adapters, str(adapter))), t0, t_setup, mem, desc, log, speed)
+        spec = ModelSpec(start.path, (*start.adapters, str(adapter)))
+        result = _run(trainer, spec, t0, t_setup, mem, desc, log, speed)
         _save(trainer, adapter)
         return result
 

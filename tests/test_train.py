@@ -1,4 +1,5 @@
-"""Training: a validation split with early stopping on it; the speed settings (padding-free batches,\ntorch.compile) and the precision of the weights being trained."""
+"""Training: a validation split with early stopping on it; the speed settings (padding-free batches,
+torch.compile) and the precision of the weights being trained."""
 
 from dataclasses import replace
 from pathlib import Path
